@@ -1,0 +1,3 @@
+"""simrec: image-similarity product recommender."""
+
+__version__ = "0.1.0"
