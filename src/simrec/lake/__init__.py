@@ -1,0 +1,1 @@
+"""Delta lakehouse: tables, ingestion of Fashion-MNIST and the IKEA catalog."""
