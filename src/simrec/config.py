@@ -79,7 +79,7 @@ class TrainSettings(_Section):
     distance: str = "cosine"
     loss_alpha: float = 2.0
     loss_beta: float = 40.0
-    loss_epsilon: float = 0.5
+    loss_epsilon: float = 0.1
     loss_lmda: float = 0.5
     validation_fraction: float = 0.1
     validation_queries: int = 2000

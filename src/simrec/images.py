@@ -21,7 +21,9 @@ def sha256_hex(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def open_image(payload: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    payload: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode `payload` fully, or raise InvalidImageError naming `source`.
 
     The pixel count is checked from the header before any pixel is decoded, so a
@@ -41,7 +43,11 @@ def open_image(payload: bytes, source: str = "image", max_pixels: int = DEFAULT_
             image.load()
     except InvalidImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as error:
         raise InvalidImageError(f"{source}: not a readable image ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error

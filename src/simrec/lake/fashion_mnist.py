@@ -105,7 +105,9 @@ def locate_files(settings: FashionMnistSettings) -> tuple[Path, str]:
     return target, "download"
 
 
-def load_split(folder: Path, split: str, checksums: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    folder: Path, split: str, checksums: dict[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
     images_name, labels_name = SPLIT_FILES[split]
     images = parse_idx(verify_file(folder / images_name, checksums.get(images_name)), images_name)
     labels = parse_idx(verify_file(folder / labels_name, checksums.get(labels_name)), labels_name)

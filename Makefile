@@ -1,0 +1,36 @@
+# simrec: the two commands of the README, and the steps behind them.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-dev demo test test-fast lint format bench clean
+
+setup:            ## virtualenv + pinned dependencies + Horovod + simrec (and Fashion-MNIST via apt)
+	bash scripts/install.sh
+
+setup-dev:
+	bash scripts/install.sh --dev
+
+demo: setup       ## the main job end to end on the embedded defaults
+	$(BIN)/simrec pipeline
+
+test: setup-dev   ## lint, then every test, slow ones included (what CI runs)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup-dev
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: setup      ## regenerate bench/results.json and the README's results table
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf lakehouse mlflow.db mlruns artifacts

@@ -1,0 +1,1 @@
+"""Retrieval metrics, baselines and plots."""

@@ -1,0 +1,1 @@
+"""faiss index over item embeddings."""

@@ -1,0 +1,1 @@
+"""Similarity model: backbone, embedding head, data feeding, training."""

@@ -1,0 +1,41 @@
+"""The similarity model: raw uint8 pixels in, L2-normalised embedding out.
+
+Pixels are scaled exactly once, by the model's own `Rescaling` layer, so callers (training,
+indexing, serving) always pass raw 0-255 pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_similarity.layers import MetricEmbedding
+from tensorflow_similarity.models import SimilarityModel
+
+from simrec.config import ModelSettings
+from simrec.model.backbone import augmentation, conv_stack
+
+EMBEDDING_LAYER = "metric_embedding"
+
+
+def build_similarity_model(settings: ModelSettings, seed: int = 0) -> SimilarityModel:
+    inputs = tf.keras.layers.Input(
+        shape=(settings.image_size, settings.image_size, settings.channels), name="pixels"
+    )
+    features = tf.keras.layers.Rescaling(1.0 / 255, name="scale_pixels")(inputs)
+    if settings.augment:
+        features = augmentation(seed)(features)
+    features = conv_stack(features, settings)
+    outputs = MetricEmbedding(settings.embedding_dim, name=EMBEDDING_LAYER)(features)
+    return SimilarityModel(inputs, outputs, name="simrec_similarity")
+
+
+def embedding_model(model: tf.keras.Model) -> tf.keras.Model:
+    """A plain Keras model with the same graph and weights, for saving and serving."""
+    return tf.keras.Model(model.inputs, model.outputs, name="simrec_embedding")
+
+
+def embed(model: tf.keras.Model, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Embeddings (float32, L2-normalised by MetricEmbedding) of uint8 pixel batches."""
+    if len(pixels) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float32)

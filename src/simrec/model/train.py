@@ -1,0 +1,203 @@
+"""Train the similarity model from a Delta table at a pinned version, tracked in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import tensorflow as tf
+import yaml
+from tensorflow_similarity.losses import MultiSimilarityLoss
+from tensorflow_similarity.samplers import MultiShotMemorySampler
+
+from simrec.config import Settings
+from simrec.evaluation.retrieval import retrieval_report
+from simrec.lake.tables import Lakehouse, TableVersion
+from simrec.model.data import LabelledImages, read_split, validation_mask
+from simrec.model.embedding import build_similarity_model, embed, embedding_model
+from simrec.tracking import log_table_input, setup_mlflow
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    table: TableVersion
+    best_epoch: int
+    val_recall_at_1: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def training_rows(lake: Lakehouse, table: TableVersion, settings: Settings) -> LabelledImages:
+    """The train split, minus the unseen-class protocol's held-out labels."""
+    rows = read_split(
+        lake,
+        table,
+        "train",
+        settings.model.image_size,
+        settings.model.channels,
+        max_rows=settings.train.max_rows,
+    )
+    if settings.train.holdout_classes:
+        rows = rows.subset(~np.isin(rows.labels, settings.train.holdout_classes))
+    return rows
+
+
+class ValidationRecall(tf.keras.callbacks.Callback):
+    """Leave-one-out Recall@1 on the validation rows after each epoch; keeps the best weights."""
+
+    def __init__(self, validation: LabelledImages, max_queries: int):
+        super().__init__()
+        self.validation = validation
+        self.max_queries = max_queries
+        self.best_recall = -1.0
+        self.best_epoch = -1
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        embeddings = embed(self.model, self.validation.pixels)
+        queries = min(self.max_queries, len(embeddings))
+        report = retrieval_report(
+            embeddings[:queries],
+            self.validation.labels[:queries],
+            embeddings,
+            self.validation.labels,
+            recall_at=[1],
+            with_map_at_r=False,
+            exclude_self=True,
+        )
+        recall = report["recall_at_1"]
+        if logs is not None:
+            logs["val_recall_at_1"] = recall
+        mlflow.log_metric("val_recall_at_1", recall, step=epoch)
+        if recall > self.best_recall:
+            self.best_recall, self.best_epoch = recall, epoch
+            self.best_weights = self.model.get_weights()
+        print(f"epoch {epoch + 1}: validation Recall@1 {recall:.4f} (best {self.best_recall:.4f})")
+
+
+class MlflowEpochLogger(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name, value in (logs or {}).items():
+            if name != "val_recall_at_1" and np.isfinite(value):
+                mlflow.log_metric(f"train_{name}", float(value), step=epoch)
+
+
+def _optimizer(settings: Settings, total_steps: int) -> tf.keras.optimizers.Optimizer:
+    rate: float | tf.keras.optimizers.schedules.LearningRateSchedule = settings.train.learning_rate
+    if settings.train.lr_decay == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(settings.train.learning_rate, total_steps)
+    return tf.keras.optimizers.Adam(rate)
+
+
+def compile_model(settings: Settings, total_steps: int, optimizer_wrapper=None) -> tf.keras.Model:
+    """Build and compile the similarity model; `optimizer_wrapper` lets Horovod wrap it."""
+    model = build_similarity_model(settings.model, seed=settings.train.seed)
+    optimizer = _optimizer(settings, total_steps)
+    if optimizer_wrapper is not None:
+        optimizer = optimizer_wrapper(optimizer)
+    loss = MultiSimilarityLoss(
+        distance=settings.train.distance,
+        alpha=settings.train.loss_alpha,
+        beta=settings.train.loss_beta,
+        epsilon=settings.train.loss_epsilon,
+        lmda=settings.train.loss_lmda,
+    )
+    model.compile(optimizer=optimizer, loss=loss)
+    return model
+
+
+def make_sampler(
+    rows: LabelledImages, settings: Settings, steps_per_epoch: int
+) -> MultiShotMemorySampler:
+    classes = len(np.unique(rows.labels))
+    return MultiShotMemorySampler(
+        rows.pixels,
+        rows.labels,
+        classes_per_batch=min(settings.train.classes_per_batch, classes),
+        examples_per_class_per_batch=settings.train.examples_per_class,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def steps_per_epoch(settings: Settings, train_rows: int) -> int:
+    if settings.train.steps_per_epoch:
+        return settings.train.steps_per_epoch
+    batch = settings.train.classes_per_batch * settings.train.examples_per_class
+    return max(1, math.ceil(train_rows / batch))
+
+
+def log_model(model: tf.keras.Model, example: np.ndarray) -> str:
+    """Log the plain embedding model as an MLflow TensorFlow model; returns its URI."""
+    inference = embedding_model(model)
+    signature = mlflow.models.infer_signature(example, embed(inference, example))
+    info = mlflow.tensorflow.log_model(inference, name=MODEL_ARTIFACT, signature=signature)
+    return info.model_uri
+
+
+def train(
+    settings: Settings, lake: Lakehouse, table: TableVersion, run_name: str = "train"
+) -> TrainResult:
+    """Train on `table` (train split, minus validation rows) and log everything to MLflow."""
+    tf.keras.utils.set_random_seed(settings.train.seed)
+    rows = training_rows(lake, table, settings)
+    holdout = validation_mask(rows.ids, settings.train.validation_fraction)
+    train_rows, validation_rows = rows.subset(~holdout), rows.subset(holdout)
+    if len(np.unique(train_rows.labels)) < 2:
+        raise ValueError("training needs at least two classes")
+    steps = steps_per_epoch(settings, len(train_rows))
+    print(
+        f"training on {len(train_rows)} images ({len(validation_rows)} for validation), "
+        f"{settings.train.epochs} epochs × {steps} steps"
+    )
+
+    setup_mlflow(settings.mlflow)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tag("simrec.step", "train")
+        mlflow.log_params(settings.flat())
+        with tempfile.TemporaryDirectory() as folder:
+            config_file = Path(folder) / "effective_config.yaml"
+            config_file.write_text(
+                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+            )
+            mlflow.log_artifact(str(config_file))
+        log_table_input(table, context="training")
+        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(validation_rows)})
+
+        model = compile_model(settings, total_steps=settings.train.epochs * steps)
+        validation = ValidationRecall(validation_rows, settings.train.validation_queries)
+        callbacks: list[tf.keras.callbacks.Callback] = [MlflowEpochLogger()]
+        if len(validation_rows) > 1:
+            callbacks.insert(0, validation)
+        history = model.fit(
+            make_sampler(train_rows, settings, steps),
+            epochs=settings.train.epochs,
+            callbacks=callbacks,
+            verbose=1,
+        )
+        if validation.best_weights is not None:
+            model.set_weights(validation.best_weights)
+        mlflow.log_metrics(
+            {
+                "best_epoch": validation.best_epoch + 1,
+                "best_val_recall_at_1": validation.best_recall,
+            }
+        )
+        model_uri = log_model(model, train_rows.pixels[:4])
+        return TrainResult(
+            run_id=run.info.run_id,
+            model_uri=model_uri,
+            table=table,
+            best_epoch=validation.best_epoch + 1,
+            val_recall_at_1=validation.best_recall,
+            history={key: [float(v) for v in values] for key, values in history.history.items()},
+        )

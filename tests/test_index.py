@@ -1,0 +1,92 @@
+"""faiss index: exact answers, save/load equality, incremental add and removal by id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simrec.config import IndexSettings
+from simrec.evaluation.retrieval import exact_neighbours
+from simrec.index.faiss_index import EmbeddingIndex, IndexMismatchError, build_index
+
+
+def _unit_vectors(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _ids(count: int, start: int = 0) -> list[str]:
+    return [f"item-{position}" for position in range(start, start + count)]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_index_matches_brute_force(metric: str) -> None:
+    vectors = _unit_vectors(500)
+    queries = _unit_vectors(20, seed=1)
+    index = build_index(_ids(500), vectors, IndexSettings(kind="flat", metric=metric))
+    ids, distances = index.search(queries, 5)
+    expected = exact_neighbours(queries, vectors, 5, metric)
+    assert ids.tolist() == [[f"item-{j}" for j in row] for row in expected]
+    assert np.all(np.diff(distances, axis=1) >= -1e-6)  # nearest first
+    if metric == "ip":
+        assert np.allclose(
+            distances[:, 0], 1 - (queries * vectors[expected[:, 0]]).sum(axis=1), atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_find_the_item_itself(kind: str) -> None:
+    vectors = _unit_vectors(2000)
+    index = build_index(_ids(2000), vectors, IndexSettings(kind=kind, ivf_nlist=16, ivf_nprobe=16))
+    ids, _ = index.search(vectors[:100], 1)
+    assert (ids[:, 0] == np.array(_ids(100))).mean() >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_save_load_round_trip_gives_identical_results(tmp_path: Path, kind: str) -> None:
+    vectors = _unit_vectors(1000)
+    index = build_index(_ids(1000), vectors, IndexSettings(kind=kind, ivf_nlist=8))
+    index.save(tmp_path / "index")
+    loaded = EmbeddingIndex.load(tmp_path / "index")
+    queries = _unit_vectors(30, seed=3)
+    before, after = index.search(queries, 10), loaded.search(queries, 10)
+    assert len(loaded) == 1000
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_incremental_add_and_remove_keep_ids_stable(kind: str) -> None:
+    vectors = _unit_vectors(300)
+    index = build_index(_ids(200), vectors[:200], IndexSettings(kind=kind))
+    index.add(_ids(100, start=200), vectors[200:])
+    assert len(index) == 300
+    ids, distances = index.search(vectors[250:251], 1)
+    assert ids[0, 0] == "item-250" and distances[0, 0] == pytest.approx(0, abs=1e-5)
+    assert index.remove(["item-250", "item-3", "not-there"]) == 2
+    assert len(index) == 298
+    ids, _ = index.search(vectors[[250, 3, 7]], 1)
+    assert ids[0, 0] != "item-250" and ids[1, 0] != "item-3" and ids[2, 0] == "item-7"
+    with pytest.raises(ValueError, match="already"):
+        index.add(["item-7"], vectors[:1])
+
+
+def test_fewer_items_than_k_pads_with_none() -> None:
+    index = build_index(_ids(3), _unit_vectors(3), IndexSettings())
+    ids, distances = index.search(_unit_vectors(1, seed=5), 5)
+    assert ids[0, 3:].tolist() == [None, None] and np.isinf(distances[0, 3:]).all()
+
+
+def test_bad_queries_and_mismatched_files_fail_loudly(tmp_path: Path) -> None:
+    index = build_index(_ids(10), _unit_vectors(10), IndexSettings())
+    with pytest.raises(ValueError, match="shape"):
+        index.search(np.zeros((1, 3), dtype=np.float32), 1)
+    with pytest.raises(ValueError, match="k must be positive"):
+        index.search(_unit_vectors(1), 0)
+    folder = index.save(tmp_path / "index")
+    other = build_index(_ids(12), _unit_vectors(12), IndexSettings())
+    other.save(tmp_path / "other")
+    (folder / "index.faiss").write_bytes((tmp_path / "other" / "index.faiss").read_bytes())
+    with pytest.raises(IndexMismatchError, match="12 vectors"):
+        EmbeddingIndex.load(folder)
