@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -12,6 +13,8 @@ from simrec.lake.tables import Lakehouse, TableVersion
 
 def get_spark(settings: SparkSettings) -> SparkSession:
     """The active session, or a new one on `settings.master` (loopback-bound for local runs)."""
+    # Python tasks (UDFs, Horovod ranks) run this interpreter, not whatever `python3` is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings.local_ip:
         # Without this local Spark binds the external interface.
         os.environ.setdefault("SPARK_LOCAL_IP", settings.local_ip)
