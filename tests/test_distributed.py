@@ -27,7 +27,7 @@ from simrec.evaluation.evaluate import evaluate
 from simrec.images import decode_batch
 from simrec.index.build import build_catalog_index
 from simrec.lake.tables import Lakehouse
-from simrec.model.data import validation_mask
+from simrec.model.data import read_split, validation_mask
 from simrec.runs import latest_run_id, load_embedding_model, training_table
 
 
@@ -131,6 +131,10 @@ def test_plan_keeps_a_single_process_epoch_and_scales_the_learning_rate(
     assert plan.steps_per_epoch == math.ceil(30 * batch / (2 * batch))
     assert plan.learning_rate == pytest.approx(2 * settings.train.learning_rate)
     assert plan.training_rows == len(_training_ids_single_process(lake, table))
+
+    sliced = plan_training(settings.with_overrides({"train.max_rows": 1000}), lake, table, 2)
+    first_rows = read_split(lake, table, "train", 28, 1, max_rows=1000).ids
+    assert sliced.training_rows == int((~validation_mask(first_rows, 0.1)).sum())
 
     unscaled = settings.with_overrides({"distributed.scale_learning_rate": False})
     assert plan_training(unscaled, lake, table, 2).learning_rate == settings.train.learning_rate

@@ -21,6 +21,7 @@ class DistributedJob:
     table: TableVersion
     row_groups: tuple[RowGroup, ...]  # the whole snapshot
     shards: tuple[Shard, ...]
+    shard_rows: tuple[int, ...]  # training rows per shard
     row_filter: RowFilter
     run_id: str
     classes_per_batch: int

@@ -221,6 +221,7 @@ def train_distributed(
             table=table,
             row_groups=tuple(plan.row_groups),
             shards=tuple(p.shard for p in plan.shards),
+            shard_rows=tuple(p.training_rows for p in plan.shards),
             row_filter=plan.row_filter,
             run_id=run.info.run_id,
             classes_per_batch=plan.classes_per_batch,
@@ -319,7 +320,9 @@ def _train_worker(job: DistributedJob) -> WorkerReport:
     batcher = ClassBalancedBatches(
         job.classes_per_batch,
         job.examples_per_class,
-        settings.distributed.shuffle_buffer_rows,
+        # At most half the shard: a buffer as large as the shard would hold rows of one pass
+        # while the next pass adds them again.
+        min(settings.distributed.shuffle_buffer_rows, job.shard_rows[rank] // 2),
         seed=settings.train.seed + 1000 * rank,
     )
     dataset = batched_dataset(
