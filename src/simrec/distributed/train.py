@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -170,6 +171,7 @@ def train_distributed(
 
     from simrec.spark import get_spark
 
+    _require_gloo()
     num_proc = settings.distributed.num_proc
     spark = spark or get_spark(settings.spark)
     slots = spark.sparkContext.defaultParallelism
@@ -465,6 +467,30 @@ def _log_effective_config(settings: Settings) -> None:
         config_file = Path(folder) / "effective_config.yaml"
         config_file.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
         mlflow.log_artifact(str(config_file))
+
+
+def _require_gloo() -> None:
+    """Ask Horovod now whether Gloo is built, so its answer is cached before the launch.
+
+    Horovod asks by forking this process; inside `horovod.spark.run` that fork happens while
+    the Spark job thread is running, and once (in the benchmark, after in-process training)
+    the forked check died without an answer (`queue.Empty`). Here it forks before that thread
+    exists, and tries again if the check dies; only a finished answer is cached.
+    """
+    from horovod.common.util import gloo_built
+
+    for _ in range(3):
+        try:
+            built = gloo_built()
+        except queue.Empty:
+            continue
+        if not built:
+            raise RuntimeError(
+                "Horovod was built without Gloo: reinstall it with scripts/install.sh "
+                "(HOROVOD_WITH_GLOO=1, HOROVOD_WITH_TENSORFLOW=1)"
+            )
+        return
+    raise RuntimeError("Horovod's check for Gloo (a fork of this process) died three times")
 
 
 def _worker_env() -> dict[str, str]:
