@@ -30,12 +30,27 @@ RunOption = Annotated[
 def _settings(config: Path | None, overrides: list[str] | None):
     from simrec.config import load_settings
 
-    return load_settings(config, overrides or [])
+    try:
+        return load_settings(config, overrides or [])
+    except (OSError, ValueError) as error:
+        _fail(error)
 
 
 def _fail(error: Exception) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
+    """`run_id`, or the newest finished training run; MLflow is set up either way."""
+    from simrec.runs import latest_run_id
+    from simrec.tracking import setup_mlflow
+
+    setup_mlflow(settings.mlflow)
+    try:
+        return run_id or latest_run_id(settings.mlflow.experiment, require_index=require_index)
+    except LookupError as error:
+        _fail(error)
 
 
 @app.callback()
@@ -130,15 +145,9 @@ def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption
     """Embed the catalog with a run's model and build its faiss index."""
     from simrec.index.build import build_catalog_index
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id)
     result = build_catalog_index(settings, Lakehouse(settings.lake.root), run_id)
     typer.echo(f"run {run_id}: {settings.index.kind} index of {len(result.index)} items")
 
@@ -148,15 +157,9 @@ def evaluate(run_id: RunOption = None, config: ConfigOption = None, set_: SetOpt
     """Recall@k and MAP@R of test queries against the index, beside the raw-pixel baseline."""
     from simrec.evaluation.evaluate import evaluate as evaluate_run
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id, require_index=True)
     evaluate_run(settings, Lakehouse(settings.lake.root), run_id)
 
 
@@ -173,15 +176,12 @@ def recommend(
     """Print the k most similar catalog items for an image file."""
     from simrec.images import InvalidImageError
     from simrec.recommend import recommend_for_image
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
+    run_id = _run_id(settings, run_id, require_index=True)
     try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
         results = recommend_for_image(settings, run_id, image, k)
-    except (LookupError, InvalidImageError, ValueError) as error:
+    except (InvalidImageError, ValueError) as error:
         _fail(error)
     typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
     for result in results:
