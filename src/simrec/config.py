@@ -61,10 +61,10 @@ class ModelSettings(_Section):
     image_size: int = 28
     channels: int = 1
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 2
+    convs_per_block: int = 1
     batch_norm: bool = True
     dropout: float = 0.25
-    dense_units: int = 256
+    dense_units: int = 0
     embedding_dim: int = 128
     augment: bool = True
 
