@@ -28,8 +28,10 @@ import pandas as pd
 import pytest
 import uvicorn
 from PIL import Image
+from typer.testing import CliRunner
 
 import simrec
+from simrec.cli import app
 from simrec.client import (
     AuthenticationError,
     RequestRejectedError,
@@ -40,7 +42,8 @@ from simrec.index.build import build_catalog_index
 from simrec.index.faiss_index import IndexMismatchError
 from simrec.model.train import train
 from simrec.serving.package import package_run, query_frame
-from simrec.serving.server import TokenError, create_app, load_token
+from simrec.serving.server import create_app
+from simrec.serving.tokens import TokenError, load_token
 
 SRC = Path(simrec.__file__).resolve().parents[1]
 MAX_BODY_BYTES = 1 << 20
@@ -307,8 +310,9 @@ def test_transport_level_bad_input(server) -> None:
     assert streamed.status_code == 413
     no_type = invoke(url, token, b"{}", headers={"Content-Type": ""})
     assert no_type.status_code == 415 and no_type.json()["error_code"]
-    text = invoke(url, token, b"hello", headers={"Content-Type": "text/plain"})
-    assert text.status_code == 415 and "content types" in text.json()["message"]
+    for other in ("text/plain", "text/csv"):
+        refused = invoke(url, token, b"image,k\nabc,3\n", headers={"Content-Type": other})
+        assert refused.status_code == 415 and "application/json" in refused.json()["message"]
 
 
 def test_server_is_still_up_after_bad_input(server, images) -> None:
@@ -400,6 +404,14 @@ def test_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> No
         load_token(tmp_path / "missing", "SIMREC_TEST_TOKEN", 16)
 
 
+def test_serve_refuses_to_start_without_a_proper_token(settings) -> None:
+    store = [f"--set=mlflow.tracking_uri={settings.mlflow.tracking_uri}"]
+    outcome = CliRunner().invoke(app, ["serve", *store], env={"SIMREC_API_TOKEN": "short"})
+    assert outcome.exit_code == 1 and "shorter than 16 characters" in outcome.output
+    outcome = CliRunner().invoke(app, ["serve", *store], env={"SIMREC_API_TOKEN": ""})
+    assert outcome.exit_code == 1 and "no API token" in outcome.output
+
+
 # -- the commands, as separate processes ----------------------------------------------------
 def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
@@ -423,20 +435,27 @@ def _env(settings) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_simrec_serve_and_query_commands(packaged, images, tmp_path) -> None:
-    settings = packaged[0]
+def test_simrec_package_serve_and_query_commands(packaged, images, tmp_path) -> None:
+    settings, _, _, trained, _ = packaged
+    common = [
+        f"--set=mlflow.tracking_uri={settings.mlflow.tracking_uri}",
+        f"--set=lake.root={settings.lake.root}",
+    ]
+    packaged_by_cli = CliRunner().invoke(
+        app,
+        ["package", "--run-id", trained.run_id, "--register", "simrec-cli", "--alias", "staging",
+         *common],
+    )  # fmt: skip
+    assert packaged_by_cli.exit_code == 0, packaged_by_cli.output
+    assert "models:/simrec-cli@staging" in packaged_by_cli.output
     token_file = tmp_path / "token"
     token_file.write_text(secrets.token_urlsafe(24))
     token_file.chmod(0o600)
     port = _free_socket().getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    common = [
-        f"--set=mlflow.tracking_uri={settings.mlflow.tracking_uri}",
-        f"--set=lake.root={settings.lake.root}",
-    ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "simrec.cli", "serve", "--port", str(port),
-         "--token-file", str(token_file), *common],
+        [sys.executable, "-m", "simrec.cli", "serve", "--model-uri", "models:/simrec-cli@staging",
+         "--port", str(port), "--token-file", str(token_file), *common],
         env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

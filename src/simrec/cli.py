@@ -209,14 +209,11 @@ def package(
     """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
     from simrec.index.faiss_index import IndexMismatchError
     from simrec.lake.tables import Lakehouse, TableMissingError
-    from simrec.runs import latest_run_id
     from simrec.serving.package import package_run
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
+    run_id = _run_id(settings, run_id, require_index=True)
     try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
         result = package_run(settings, Lakehouse(settings.lake.root), run_id, register, alias)
     except (LookupError, TableMissingError, IndexMismatchError) as error:
         _fail(error)
@@ -239,8 +236,8 @@ def serve(
     set_: SetOption = None,
 ) -> None:
     """Serve the packaged model over HTTP, bearer token required on /invocations."""
-    from simrec.serving.server import TokenError, load_token
     from simrec.serving.server import serve as run_server
+    from simrec.serving.tokens import TokenError, load_token
     from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
@@ -270,7 +267,7 @@ def query(
 ) -> None:
     """Ask a running `simrec serve` for the items most similar to IMAGE."""
     from simrec.serving.client import SimrecClient, SimrecClientError
-    from simrec.serving.server import TokenError, load_token
+    from simrec.serving.tokens import TokenError, load_token
 
     settings = _settings(config, set_)
     serving = settings.serving

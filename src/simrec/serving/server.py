@@ -1,9 +1,9 @@
 """The authenticated REST server: MLflow's FastAPI scoring app behind an ASGI guard.
 
 The guard requires `Authorization: Bearer <token>` on everything except /ping, /health and
-/version, limits the body size, rejects what MLflow would accept silently or answer with a
-500 (extra columns, non-integer k, a missing content type), and turns every error response
-into `{"error_code", "message"}` JSON without MLflow's server-side stack trace.
+/version, limits the body size, takes JSON only, rejects what MLflow would accept silently or
+answer with a 500 (extra columns, non-integer k, a missing content type), and turns every
+error response into `{"error_code", "message"}` JSON without MLflow's server-side stack trace.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import re
-import stat
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from mlflow.types.schema import DataType, Schema
+
+from simrec.serving.tokens import TokenError
 
 log = logging.getLogger(__name__)
 
@@ -51,36 +50,11 @@ _STATUS_CODES = {
 _PREDICT_PREFIX = re.compile(r"^Failed to predict data '.*?'\. \nError: ", re.S)
 
 
-class TokenError(ValueError):
-    """No usable API token was configured."""
-
-
 class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def load_token(token_file: Path | None, env_var: str, min_chars: int) -> str:
-    """The bearer token from `token_file` (first line) or else the `env_var` variable."""
-    if token_file is not None:
-        path = Path(token_file)
-        try:
-            token = path.read_text().strip()
-        except OSError as error:
-            raise TokenError(f"cannot read the token file {path}: {error.strerror}") from error
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("token file %s is readable by other users; chmod 600 it", path)
-        source = f"token file {path}"
-    else:
-        token = os.environ.get(env_var, "").strip()
-        source = f"environment variable {env_var}"
-    if not token:
-        raise TokenError(f"no API token: pass --token-file or set {env_var}")
-    if len(token) < min_chars:
-        raise TokenError(f"the API token from the {source} is shorter than {min_chars} characters")
-    return token
 
 
 def error_body(status: int, message: str, code: str | None = None) -> bytes:
@@ -279,12 +253,16 @@ class GuardedApp:
         return b"".join(chunks)
 
     async def _check(self, scope: Scope, body: bytes) -> None:
-        content_type = _header(scope, b"content-type")
-        if not content_type:
-            raise RequestError(415, f"set a Content-Type header (normally {JSON_TYPE})")
-        if content_type.split(";")[0].strip().lower() == JSON_TYPE:
-            # JSON parsing of a large body should not stall the event loop.
-            await asyncio.to_thread(check_invocation, body, self.input_schema)
+        content_type = _header(scope, b"content-type") or ""
+        if content_type.split(";")[0].strip().lower() != JSON_TYPE:
+            # MLflow would also take CSV and parquet, but not check their columns.
+            raise RequestError(
+                415,
+                f"send Content-Type: {JSON_TYPE} with one of {list(REQUEST_FORMATS)}; "
+                f"got {content_type or 'no Content-Type'!r}",
+            )
+        # JSON parsing of a large body should not stall the event loop.
+        await asyncio.to_thread(check_invocation, body, self.input_schema)
 
     async def _forward(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         replayed = False
