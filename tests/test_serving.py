@@ -38,10 +38,12 @@ from simrec.client import (
     ServerUnavailableError,
     SimrecClient,
 )
+from simrec.images import InvalidImageError
 from simrec.index.build import build_catalog_index
 from simrec.index.faiss_index import IndexMismatchError
 from simrec.model.train import train
 from simrec.serving.package import package_run, query_frame
+from simrec.serving.pyfunc import BundleConfig, decode_query_image
 from simrec.serving.server import create_app
 from simrec.serving.tokens import TokenError, load_token
 
@@ -203,6 +205,28 @@ def test_in_process_predict_answers_any_size_and_mode(model, images) -> None:
     assert thumbnail.format == "PNG" and max(thumbnail.size) <= 64
     bare = model.predict(queries, params={"thumbnails": False})
     assert "thumbnail" not in bare.columns and bare["item_id"].equals(results["item_id"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "image_format"),
+    [("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("1", "PNG"),
+     ("CMYK", "JPEG"), ("L", "JPEG"), ("F", "TIFF"), ("RGB", "WEBP"), ("RGB", "BMP")],
+)  # fmt: skip
+def test_query_images_of_any_mode_become_model_input(mode: str, image_format: str) -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert("L" if mode in ("I;16", "F") else "RGB").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    text = "data:image/x;base64," + b64(buffer.getvalue())
+    for size, channels in ((28, 1), (64, 3)):  # Fashion-MNIST, an RGB catalog
+        config = BundleConfig(
+            image_size=size, channels=channels, default_k=5, max_k=100, max_batch_size=4,
+            max_image_pixels=10_000,
+        )  # fmt: skip
+        converted = decode_query_image(text, 0, config)
+        assert converted.shape == (size, size, channels) and converted.dtype == np.uint8
+    with pytest.raises(InvalidImageError, match="exceeds the limit"):
+        decode_query_image(text, 0, config.model_copy(update={"max_image_pixels": 1000}))
 
 
 # -- the server: auth -----------------------------------------------------------------------
