@@ -22,6 +22,10 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set train.epochs=3.")
 ]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(help="File holding the bearer token (else $SIMREC_API_TOKEN).", dir_okay=False),
+]
 RunOption = Annotated[
     str | None, typer.Option("--run-id", help="Training run (default: the newest finished one).")
 ]
@@ -188,6 +192,96 @@ def recommend(
         typer.echo(
             f"{result.rank:>4}  {result.item_id:<20} {result.label_name:<14} {result.distance:.4f}"
         )
+
+
+@app.command()
+def package(
+    run_id: RunOption = None,
+    register: Annotated[
+        str | None, typer.Option(help="Registered model name (default serving.registered_model).")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Alias for the new version (default serving.alias).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
+    from simrec.index.faiss_index import IndexMismatchError
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.serving.package import package_run
+
+    settings = _settings(config, set_)
+    run_id = _run_id(settings, run_id, require_index=True)
+    try:
+        result = package_run(settings, Lakehouse(settings.lake.root), run_id, register, alias)
+    except (LookupError, TableMissingError, IndexMismatchError) as error:
+        _fail(error)
+    typer.echo(
+        f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
+        f"items, from run {run_id}): {result.registry_uri}"
+    )
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="Model to serve (default models:/<serving.registered_model>@<alias>)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    token_file: TokenFileOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the packaged model over HTTP, bearer token required on /invocations."""
+    from simrec.serving.server import serve as run_server
+    from simrec.serving.tokens import TokenError, load_token
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, serving.min_token_chars)
+    except TokenError as error:
+        _fail(error)
+    setup_mlflow(settings.mlflow)
+    run_server(
+        model_uri or f"models:/{serving.registered_model}@{serving.alias}",
+        token,
+        host or serving.host,
+        port or serving.port,
+        serving.max_body_bytes,
+    )
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image file.", exists=True, dir_okay=False)],
+    url: Annotated[str | None, typer.Option(help="Server URL (default serving.host/port).")] = None,
+    token_file: TokenFileOption = None,
+    k: Annotated[int, typer.Option("-k", help="How many similar items.")] = 5,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Ask a running `simrec serve` for the items most similar to IMAGE."""
+    from simrec.serving.client import SimrecClient, SimrecClientError
+    from simrec.serving.tokens import TokenError, load_token
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, min_chars=1)
+        with SimrecClient(
+            url or f"http://{serving.host}:{serving.port}", token, serving.client_timeout_s
+        ) as client:
+            items = client.similar(image, k=k, thumbnails=False)
+    except (TokenError, SimrecClientError) as error:
+        _fail(error)
+    typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
+    for item in items:
+        typer.echo(f"{item.rank:>4}  {item.item_id:<20} {item.label!s:<14} {item.distance:.4f}")
 
 
 @app.command()

@@ -111,6 +111,21 @@ class RecommendSettings(_Section):
     max_k: int = 100
 
 
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_env: str = "SIMREC_API_TOKEN"
+    min_token_chars: int = 16
+    max_body_bytes: int = 10 * 2**20
+    max_batch_size: int = 64
+    max_image_pixels: int = 25_000_000
+    search_threads: int = 1
+    thumbnail_size: int = 64
+    registered_model: str = "simrec-fashion"
+    alias: str = "champion"
+    client_timeout_s: float = 30.0
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -122,6 +137,7 @@ class Settings(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     def flat(self) -> dict[str, Any]:
         """The effective config as dotted keys, for MLflow params."""
