@@ -1,6 +1,6 @@
 """Run every benchmark (or some) and regenerate bench/results.json and the README table.
 
-    python -m bench.run [--only fashion_quality ...]
+python -m bench.run [--only fashion_quality ...]
 """
 
 from __future__ import annotations
