@@ -57,7 +57,7 @@ class SparkSettings(_Section):
 
 class MlflowSettings(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlruns"
+    artifact_root: str | None = "mlruns"
     experiment: str = "simrec"
     registry_uri: str | None = None
 
