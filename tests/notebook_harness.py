@@ -131,11 +131,14 @@ def write_workspace_config(workspace: Path) -> list[Path]:
 
 
 def kernel_environment(config_files: list[Path]) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "SIMREC_"))
+    # The caller's stores must not leak in: everything a notebook touches is in the workspace.
+    leaking = {
+        "SIMREC_CONFIG",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "MLFLOW_EXPERIMENT_NAME",
     }
+    env = {key: value for key, value in os.environ.items() if key not in leaking}
     python_path = [str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])]
     env.update(
         {
