@@ -84,16 +84,19 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         embeddings = embed(self.model, self.validation.pixels)
         queries = min(self.max_queries, len(embeddings))
-        report = retrieval_report(
-            embeddings[:queries],
-            self.validation.labels[:queries],
-            embeddings,
-            self.validation.labels,
-            recall_at=[1],
-            with_map_at_r=False,
-            exclude_self=True,
-        )
-        recall = report["recall_at_1"]
+        if np.isfinite(embeddings).all():
+            recall = retrieval_report(
+                embeddings[:queries],
+                self.validation.labels[:queries],
+                embeddings,
+                self.validation.labels,
+                recall_at=[1],
+                with_map_at_r=False,
+                exclude_self=True,
+            )["recall_at_1"]
+        else:
+            # A diverged model: NaN scores rank arbitrarily (even "perfectly"); never pick it.
+            recall = float("nan")
         if logs is not None:
             logs["val_recall_at_1"] = recall
         mlflow.log_metric("val_recall_at_1", recall, step=epoch)
