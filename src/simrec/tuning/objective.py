@@ -165,19 +165,20 @@ def describe_error(error: BaseException) -> str:
 
 
 def _limit_threads(threads: int | None) -> None:
-    """Cap TensorFlow's intra-op pool, so parallel trials do not fight over the same cores."""
+    """Cap TensorFlow's thread pools, so parallel trials do not fight over the same cores."""
     if threads is None:
         return
     import tensorflow as tf
 
-    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
-        return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
-        # TensorFlow already started in this process (an earlier trial): its pool is fixed.
-        pass
+        # TensorFlow already ran in this process (an earlier trial): its pools are fixed.
+        log.warning("TensorFlow already started in this process; its thread pools stay as they are")
+    mlflow.log_param(
+        "tensorflow_intra_op_threads", tf.config.threading.get_intra_op_parallelism_threads()
+    )
 
 
 # Decoded rows of the last data set this process used: with `Trials` (and on executors that
