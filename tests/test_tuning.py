@@ -187,7 +187,7 @@ def test_cli_tunes_locally_and_train_applies_the_best_params(fashion_lake, tmp_p
     runner = CliRunner()
     outcome = runner.invoke(
         app,
-        ["tune", "--trials", "local", "--max-evals", "2", "--output", str(best_file), *overrides],
+        ["tune", "--trials", "local", "--max-evals", "1", "--output", str(best_file), *overrides],
     )
     assert outcome.exit_code == 0, outcome.output
     assert "best validation Recall@1" in outcome.output and best_file.is_file()
