@@ -84,6 +84,14 @@ def test_points_to_evaluate_take_knob_values_and_fill_in_the_configured_ones() -
 
 def test_failure_reasons_are_one_readable_line() -> None:
     assert describe_error(ValueError("bad value")) == "ValueError: bad value"
+    assert describe_error(KeyError()) == "KeyError"
+    layer_error = ValueError(
+        'Exception encountered when calling layer "pool".\n\nNegative dimension size.\n\n'
+        "Call arguments received: ..."
+    )
+    assert describe_error(layer_error) == (
+        'ValueError: Exception encountered when calling layer "pool". Negative dimension size.'
+    )
     keras_style = ValueError(
         "in user code:\n\n    File 'x.py', line 1\n\n"
         "    ValueError: Exception encountered when calling layer 'drop'.\n\n"

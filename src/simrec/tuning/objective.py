@@ -34,6 +34,7 @@ TRIAL_STEP = "tune-trial"
 FAILURE_TAG = "simrec.failure"
 FAILURE_ARTIFACT = "failure.txt"
 MAX_TAG_CHARS = 5000
+MAX_REASON_CHARS = 500
 _NAMED_ERROR = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 
 
@@ -153,15 +154,15 @@ def _failure(reason: str, knobs: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_error(error: BaseException) -> str:
-    """One line: the exception, or for TensorFlow's multi-line errors the line naming the
-    underlying error and the line after it (the traceback goes to the run's failure.txt)."""
+    """One line: the exception and its message, or for TensorFlow's multi-line errors the line
+    naming the underlying error and the detail after it (the traceback goes to failure.txt)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     named = [i for i, line in enumerate(lines) if _NAMED_ERROR.match(line)]
-    if not named:
-        return f"{type(error).__name__}: {lines[0]}"
-    return " ".join(lines[named[-1] : named[-1] + 2])
+    if named:
+        summary = " ".join(lines[named[-1] : named[-1] + 2])
+    else:
+        summary = " ".join([type(error).__name__ + ":", *lines[:2]]).rstrip(":")
+    return summary[:MAX_REASON_CHARS]
 
 
 def _limit_threads(threads: int | None) -> None:
