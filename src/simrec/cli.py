@@ -119,19 +119,38 @@ def ingest_catalog_command(
         typer.echo(f"{result.name}: version {result.version}, {result.rows_added} new rows")
 
 
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        help="YAML of dotted overrides (e.g. best.yaml from `simrec tune`); --set still wins.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
 @app.command()
 def train(
     table_version: Annotated[
         int | None, typer.Option(help="Delta version to train on (default latest).")
     ] = None,
+    params: ParamsOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Train the similarity model on the Fashion-MNIST table at a pinned version."""
+    from simrec.config import load_overrides_file, load_settings
     from simrec.lake.tables import Lakehouse, TableMissingError
     from simrec.model.train import train as train_model
 
-    settings = _settings(config, set_)
+    try:
+        settings = load_settings(config)
+        if params is not None:
+            settings = settings.with_overrides(load_overrides_file(params))
+        settings = settings.with_overrides(set_ or [])
+    except ValueError as error:  # pydantic's ValidationError is a ValueError too
+        _fail(error)
     lake = Lakehouse(settings.lake.root)
     try:
         table = lake.pin(settings.lake.fashion_table, table_version)
@@ -142,6 +161,54 @@ def train(
         f"run {result.run_id}: best epoch {result.best_epoch}, "
         f"validation Recall@1 {result.val_recall_at_1:.4f}; model {result.model_uri}"
     )
+
+
+@app.command()
+def tune(
+    max_evals: Annotated[int | None, typer.Option(help="Trials in all.")] = None,
+    parallelism: Annotated[int | None, typer.Option(help="Trials at a time (SparkTrials).")] = None,
+    trials: Annotated[
+        str | None, typer.Option(help="spark (SparkTrials) or local (sequential Trials).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the best knobs (default best.yaml).")
+    ] = None,
+    table_version: Annotated[
+        int | None, typer.Option(help="Delta version to tune on (default latest).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Hyperopt search over tuning.space; each trial a nested MLflow run, scored on validation."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.tuning.search import NoSuccessfulTrialError
+    from simrec.tuning.search import tune as run_search
+
+    options = {
+        "tuning.max_evals": max_evals,
+        "tuning.parallelism": parallelism,
+        "tuning.trials": trials,
+    }
+    try:
+        settings = _settings(config, set_).with_overrides(
+            {key: value for key, value in options.items() if value is not None}
+        )
+        lake = Lakehouse(settings.lake.root)
+        table = lake.pin(settings.lake.fashion_table, table_version)
+        result = run_search(settings, lake, table, best_params_path=output)
+    except (ValueError, TableMissingError, NoSuccessfulTrialError) as error:
+        _fail(error)
+    typer.echo(f"{'trial':>5}  {'status':<9} {'val R@1':>7}  params / reason")
+    for trial in result.trials:
+        recall = f"{trial.val_recall_at_1:.4f}" if trial.val_recall_at_1 is not None else "-"
+        detail = trial.failure or ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        typer.echo(f"{trial.tid:>5}  {trial.status:<9} {recall:>7}  {detail}")
+    typer.echo(
+        f"search run {result.run_id} ({result.backend}, {len(result.trials)} trials, "
+        f"{len(result.failed)} failed, {result.search_seconds:.0f} s): best validation "
+        f"Recall@1 {result.best_val_recall_at_1:.4f} → {result.best_params_path}"
+    )
+    typer.echo(f"train with it: simrec train --params {result.best_params_path}")
 
 
 @app.command()

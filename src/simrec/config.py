@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PACKAGE_ROOT / "conf" / "simrec.yaml"
@@ -131,6 +131,57 @@ class ServingSettings(_Section):
     client_timeout_s: float = 30.0
 
 
+class SearchDimension(_Section):
+    """One knob's search distribution, as data; `simrec.tuning.space` turns it into hyperopt.
+
+    Bounds are in the knob's own units (loguniform too: `low: 0.0001`, not its log).
+    quniform/qloguniform with whole-number bounds and step yield ints.
+    """
+
+    type: Literal["uniform", "loguniform", "quniform", "qloguniform", "choice"]
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    options: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SearchDimension:
+        if self.type == "choice":
+            if not self.options:
+                raise ValueError("a choice needs a non-empty `options` list")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs numeric low < high")
+        if self.type in ("loguniform", "qloguniform") and self.low <= 0:
+            raise ValueError(f"{self.type} needs low > 0")
+        if self.type.startswith("q") and (self.q is None or self.q <= 0):
+            raise ValueError(f"{self.type} needs a step q > 0")
+        return self
+
+
+class TuningSettings(_Section):
+    max_evals: int = Field(32, ge=1)
+    parallelism: int = Field(2, ge=1)
+    trials: Literal["spark", "local"] = "spark"
+    algo: Literal["tpe", "random"] = "tpe"
+    seed: int = 7
+    timeout_s: int | None = None
+    threads_per_trial: int | None = None
+    best_params_file: Path = Path("best.yaml")
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    # section -> knob -> distribution; a null knob is not searched.
+    space: dict[str, dict[str, SearchDimension | None]] = Field(default_factory=dict)
+
+    def dimensions(self) -> dict[str, SearchDimension]:
+        """The searched knobs by dotted settings key (`train.learning_rate`)."""
+        return {
+            f"{section}.{knob}": dimension
+            for section, knobs in self.space.items()
+            for knob, dimension in knobs.items()
+            if dimension is not None
+        }
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -143,6 +194,21 @@ class Settings(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+
+    @model_validator(mode="after")
+    def _check_tuning_knobs(self) -> Settings:
+        knobs = self.tuning.dimensions()
+        for key in knobs:
+            section, _, name = key.partition(".")
+            model = getattr(self, section, None) if section != "tuning" else None
+            if not isinstance(model, BaseModel) or name not in type(model).model_fields:
+                raise ValueError(f"tuning.space: {key!r} is not a setting that can be tuned")
+        for point in self.tuning.points_to_evaluate:
+            unknown = sorted(set(point) - set(knobs))
+            if unknown:
+                raise ValueError(f"tuning.points_to_evaluate: {unknown} are not in tuning.space")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """The effective config as dotted keys, for MLflow params."""
@@ -162,6 +228,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ValueError(f"override must look like section.key=value, got {text!r}")
     return key.strip(), yaml.safe_load(raw)
+
+
+def load_overrides_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of dotted keys to values (what `simrec tune` writes as best.yaml)."""
+    with open(path) as handle:
+        overrides = yaml.safe_load(handle) or {}
+    if not isinstance(overrides, dict) or not all(isinstance(key, str) for key in overrides):
+        raise ValueError(f"{path}: expected a mapping of section.key: value")
+    return overrides
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

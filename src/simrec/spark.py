@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -15,6 +16,10 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     if settings.local_ip:
         # Without this local Spark binds the external interface.
         os.environ.setdefault("SPARK_LOCAL_IP", settings.local_ip)
+    if settings.master.startswith("local"):
+        # Local Python workers must run this interpreter (the one with simrec's dependencies,
+        # e.g. for hyperopt trials), not whichever `python3` comes first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
     if settings.local_ip:
         builder = builder.config("spark.driver.bindAddress", settings.local_ip).config(
