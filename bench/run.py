@@ -1,6 +1,6 @@
 """Run every benchmark (or some) and regenerate bench/results.json and the README table.
 
-    python -m bench.run [--only fashion_quality ...]
+python -m bench.run [--only fashion_quality ...]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from bench.results import render_readme
 # name -> module under bench/ whose main(overrides) records the section `name`.
 BENCHMARKS: dict[str, str] = {
     "fashion_quality": "bench.quality",
+    "style": "bench.style",
 }
 
 

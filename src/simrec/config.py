@@ -116,13 +116,13 @@ class StyleTrainSettings(_Section):
 
     folds: int = 5
     holdout_fold: int = 0
-    augment_views: int = 2
+    augment_views: int = 1
     augment_crop: float = 0.8
-    hidden_units: int = 512
+    hidden_units: int = 256
     embedding_dim: int = 64
-    dropout: float = 0.2
-    input_noise: float = 0.1
-    epochs: int = 30
+    dropout: float = 0.3
+    input_noise: float = 0.3
+    epochs: int = 15
     steps_per_epoch: int = 40
     rooms_per_batch: int = 24
     items_per_room: int = 4
@@ -148,6 +148,7 @@ class StyleSettings(_Section):
     layer_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
     image_size: int = 128
     pca_dims: int = 64
+    gram_power: float = 0.5
     mask_background: bool = True
     background_threshold: int = 240
     batch_size: int = 32

@@ -1,5 +1,6 @@
-"""Style vectors: backbone feature maps → Gram upper triangles → PCA per layer (fitted on the
-catalog) → per-layer scaling by layer weight → concatenated, L2-normalised vector.
+"""Style vectors: backbone feature maps → Gram upper triangles (signed power `gram_power`) →
+PCA per layer (fitted on the catalog) → per-layer scaling by layer weight → concatenated,
+L2-normalised vector.
 
 `StyleFeaturizer` is the thin stateful wrapper (backbone + fitted PCAs, saved and loaded
 together); the maths lives in `gram.py` and `LayerPCA`.
@@ -90,7 +91,10 @@ class StyleFeaturizer:
                 else None
             )
             for position, maps in enumerate(self.backbone.feature_maps(block, batch)):
-                per_layer[position].append(gram_features(maps, mask))
+                grams = gram_features(maps, mask)
+                if self.settings.gram_power != 1.0:
+                    grams = np.sign(grams) * np.abs(grams) ** self.settings.gram_power
+                per_layer[position].append(grams)
         return [np.concatenate(chunks) for chunks in per_layer]
 
     def fit(self, pixels: np.ndarray) -> StyleFeaturizer:

@@ -165,7 +165,8 @@ def build_head(input_dim: int, settings: StyleTrainSettings, mean: np.ndarray, v
     features = layers.Normalization(mean=mean, variance=var, name="standardise")(inputs)
     if settings.input_noise:
         features = layers.GaussianNoise(settings.input_noise, name="noise")(features)
-    features = layers.Dense(settings.hidden_units, activation="relu", name="hidden")(features)
+    if settings.hidden_units:
+        features = layers.Dense(settings.hidden_units, activation="relu", name="hidden")(features)
     if settings.dropout:
         features = layers.Dropout(settings.dropout, name="dropout")(features)
     outputs = MetricEmbedding(settings.embedding_dim, name="style_embedding")(features)
@@ -224,10 +225,13 @@ def style_views(
     needed: np.ndarray,
     settings: StyleTrainSettings,
     seed: int,
+    originals: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(1 + augment_views, N, D): originals (fitting the PCAs), then augmented views of the
-    `needed` items (other rows repeat the original: they are never sampled for training)."""
-    originals = featurizer.fit_transform(pixels)
+    """(1 + augment_views, N, D): originals (fitting the PCAs unless `originals` come from a
+    fitted featurizer), then augmented views of the `needed` items (other rows repeat the
+    original: they are never sampled for training)."""
+    if originals is None:
+        originals = featurizer.fit_transform(pixels)
     views = [originals]
     if settings.augment_views and needed.any():
         for view in augmented_views(
@@ -294,7 +298,10 @@ def train_style(
     cross_fit: bool = False,
     output_dir: Path | None = None,
     track: bool = True,
+    base: StyleBundle | None = None,
 ) -> StyleTrainResult:
+    """Train the head on the training items, evaluate it on the held-out ones; `base`, a Gram
+    bundle of the same catalog, saves recomputing the featurizer and the original vectors."""
     started = time.perf_counter()
     style, train = settings.style, settings.style.train
     catalog = read_style_catalog(
@@ -303,13 +310,18 @@ def train_style(
     held = holdout_mask(catalog.ids, train.folds, train.holdout_fold)
     rule = split_rule(train.folds, train.holdout_fold)
     print(f"item split: {int((~held).sum())} training, {int(held.sum())} held out ({rule})")
-    featurizer = StyleFeaturizer(style)
+    originals = None
+    if base is not None:
+        if list(base.items["id"]) != list(catalog.ids):
+            raise ValueError("the base bundle was built from other catalog items")
+        featurizer, originals = base.encoder.featurizer, base.vectors
+    else:
+        featurizer = StyleFeaturizer(style)
     pixels = catalog.pixels(featurizer.image_size)
     # The PCAs are fitted on every catalog image (unsupervised, no room data); only the head
     # learns from rooms, and it never sees a held-out item.
-    views = style_views(
-        featurizer, pixels, np.ones(len(catalog), bool) if cross_fit else ~held, train, style.seed
-    )
+    needed = np.ones(len(catalog), bool) if cross_fit else ~held
+    views = style_views(featurizer, pixels, needed, train, style.seed, originals)
     head, history = train_head(views, catalog.ids, catalog.rooms, ~held, train, train.seed)
     vectors = embed(head, views[0])
     histograms = colour_histograms(pixels, style.colour_bins)
