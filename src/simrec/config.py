@@ -127,6 +127,7 @@ class StyleTrainSettings(_Section):
     rooms_per_batch: int = 24
     items_per_room: int = 4
     min_room_items: int = 2
+    loss: Literal["cross_category", "multi_similarity"] = "cross_category"
     learning_rate: float = 1e-3
     loss_alpha: float = 2.0
     loss_beta: float = 40.0

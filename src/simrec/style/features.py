@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
+from tqdm import tqdm
 
 from simrec.config import StyleSettings
 from simrec.style.backbone import Backbone, build_backbone, load_backbone, save_backbone
@@ -83,7 +84,8 @@ class StyleFeaturizer:
         so only one batch of feature maps is ever held."""
         per_layer: list[list[np.ndarray]] = [[] for _ in self.backbone.layers]
         batch = self.settings.batch_size
-        for start in range(0, len(pixels), batch):
+        starts = range(0, len(pixels), batch)
+        for start in tqdm(starts, desc="style features", unit="batch", leave=False):
             block = np.asarray(pixels[start : start + batch])
             mask = (
                 foreground_mask(block, self.settings.background_threshold)

@@ -127,6 +127,7 @@ class RoomBatches(tf.keras.utils.Sequence):
         items_per_room: int,
         steps: int,
         seed: int,
+        categories: np.ndarray | None = None,  # (N,) integer codes: labels become (room, code)
     ):
         super().__init__()
         if not members:
@@ -136,6 +137,7 @@ class RoomBatches(tf.keras.utils.Sequence):
         self.rooms_per_batch = min(rooms_per_batch, len(members))
         self.items_per_room = items_per_room
         self.steps = steps
+        self.categories = categories
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -153,10 +155,39 @@ class RoomBatches(tf.keras.utils.Sequence):
             positions.extend(chosen)
             labels.extend([room] * len(chosen))
         view = self.rng.integers(0, len(self.views), size=len(positions))
-        return self.views[view, positions], np.asarray(labels, dtype=np.int64)
+        rooms = np.asarray(labels, dtype=np.int64)
+        if self.categories is not None:
+            return self.views[view, positions], np.stack([rooms, self.categories[positions]], 1)
+        return self.views[view, positions], rooms
 
 
 # ---------------------------------------------------------------- the head
+
+
+def cross_category_loss(alpha: float, beta: float, lmda: float):
+    """Multi-similarity loss (Wang et al. 2019, without pair mining) over cross-category pairs.
+
+    Labels are (room, category) per row. Positives: same room, other category; negatives:
+    other room, other category. Pairs of the same category are ignored: two white chairs from
+    different rooms are not "unlike" each other, and pushing them apart (as a room-labelled
+    loss over every pair does) wrecks the style similarity the head starts from.
+    """
+
+    def loss(labels: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+        labels = tf.cast(labels, tf.int64)
+        room, category = labels[:, 0], labels[:, 1]
+        similarity = tf.matmul(embeddings, embeddings, transpose_b=True)
+        same_room = tf.equal(room[:, None], room[None, :])
+        other_category = tf.not_equal(category[:, None], category[None, :])
+        positive = tf.cast(same_room & other_category, similarity.dtype)
+        negative = tf.cast(~same_room & other_category, similarity.dtype)
+        pull = tf.math.log1p(tf.reduce_sum(positive * tf.exp(-alpha * (similarity - lmda)), axis=1))
+        push = tf.math.log1p(tf.reduce_sum(negative * tf.exp(beta * (similarity - lmda)), axis=1))
+        anchors = tf.cast(tf.reduce_sum(positive, axis=1) > 0, similarity.dtype)
+        per_anchor = anchors * (pull / alpha + push / beta)
+        return tf.reduce_sum(per_anchor) / tf.maximum(tf.reduce_sum(anchors), 1.0)
+
+    return loss
 
 
 def build_head(input_dim: int, settings: StyleTrainSettings, mean: np.ndarray, var: np.ndarray):
@@ -180,6 +211,7 @@ def train_head(
     train_mask: np.ndarray,
     settings: StyleTrainSettings,
     seed: int,
+    categories: np.ndarray | None = None,
 ) -> tuple[tf.keras.Model, dict[str, list[float]]]:
     """Fit a head on the training items only (their rooms, their views)."""
     tf.keras.utils.set_random_seed(seed)
@@ -190,16 +222,21 @@ def train_head(
     )
     steps = settings.epochs * settings.steps_per_epoch
     schedule = tf.keras.optimizers.schedules.CosineDecay(settings.learning_rate, max(steps, 1))
-    head.compile(
-        optimizer=tf.keras.optimizers.Adam(schedule),
-        loss=MultiSimilarityLoss(
+    codes = None
+    if settings.loss == "cross_category":
+        if categories is None:
+            raise ValueError("the cross_category loss needs the items' categories")
+        codes = np.unique(np.asarray(categories, dtype=str), return_inverse=True)[1]
+        loss = cross_category_loss(settings.loss_alpha, settings.loss_beta, settings.loss_lmda)
+    else:
+        loss = MultiSimilarityLoss(
             distance="cosine",
             alpha=settings.loss_alpha,
             beta=settings.loss_beta,
             epsilon=settings.loss_epsilon,
             lmda=settings.loss_lmda,
-        ),
-    )
+        )
+    head.compile(optimizer=tf.keras.optimizers.Adam(schedule), loss=loss)
     batches = RoomBatches(
         views,
         members,
@@ -207,6 +244,7 @@ def train_head(
         settings.items_per_room,
         settings.steps_per_epoch,
         seed,
+        codes,
     )
     history = head.fit(batches, epochs=settings.epochs, verbose=0, shuffle=False)
     return head, {k: [float(v) for v in values] for k, values in history.history.items()}
@@ -256,7 +294,9 @@ def crossfit_evaluation(
     colour: dict[str, list] = {pair: [] for pair in settings.style.pairs}
     for fold in range(train.folds):
         held = folds == fold
-        head, _ = train_head(views, catalog.ids, catalog.rooms, ~held, train, train.seed + fold)
+        head, _ = train_head(
+            views, catalog.ids, catalog.rooms, ~held, train, train.seed + fold, catalog.categories
+        )
         vectors = embed(head, views[0])
         for pair in settings.style.pairs:
             query_ids, pool_ids = pair_queries(catalog, pair, held)
@@ -322,7 +362,9 @@ def train_style(
     # learns from rooms, and it never sees a held-out item.
     needed = np.ones(len(catalog), bool) if cross_fit else ~held
     views = style_views(featurizer, pixels, needed, train, style.seed, originals)
-    head, history = train_head(views, catalog.ids, catalog.rooms, ~held, train, train.seed)
+    head, history = train_head(
+        views, catalog.ids, catalog.rooms, ~held, train, train.seed, catalog.categories
+    )
     vectors = embed(head, views[0])
     histograms = colour_histograms(pixels, style.colour_bins)
 
