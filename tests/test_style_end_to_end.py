@@ -137,7 +137,9 @@ def test_build_evaluate_train_recommend_and_serve(ikea_lake, tmp_path: Path) -> 
         ],
     )
     assert recommended.exit_code == 0, recommended.output
-    rows = [line.split() for line in recommended.output.splitlines()[1:] if line.strip()]
+    lines = recommended.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if "item id" in line)
+    rows = [line.split() for line in lines[header + 1 :] if line.strip()]
     assert [row[0] for row in rows] == ["table"] * 3 + ["sofa"] * 3
 
     registered = runner.invoke(app, ["style", "register", "--run-id", train_run, *args])
