@@ -27,6 +27,10 @@ ConfigOption = Annotated[
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set train.epochs=3.")
 ]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(help="File holding the bearer token (else $SIMREC_API_TOKEN).", dir_okay=False),
+]
 RunOption = Annotated[
     str | None, typer.Option("--run-id", help="Training run (default: the newest finished one).")
 ]
@@ -35,12 +39,27 @@ RunOption = Annotated[
 def _settings(config: Path | None, overrides: list[str] | None):
     from simrec.config import load_settings
 
-    return load_settings(config, overrides or [])
+    try:
+        return load_settings(config, overrides or [])
+    except (OSError, ValueError) as error:
+        _fail(error)
 
 
 def _fail(error: Exception) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
+    """`run_id`, or the newest finished training run; MLflow is set up either way."""
+    from simrec.runs import latest_run_id
+    from simrec.tracking import setup_mlflow
+
+    setup_mlflow(settings.mlflow)
+    try:
+        return run_id or latest_run_id(settings.mlflow.experiment, require_index=require_index)
+    except LookupError as error:
+        _fail(error)
 
 
 @app.callback()
@@ -135,15 +154,9 @@ def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption
     """Embed the catalog with a run's model and build its faiss index."""
     from simrec.index.build import build_catalog_index
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id)
     result = build_catalog_index(settings, Lakehouse(settings.lake.root), run_id)
     typer.echo(f"run {run_id}: {settings.index.kind} index of {len(result.index)} items")
 
@@ -153,15 +166,9 @@ def evaluate(run_id: RunOption = None, config: ConfigOption = None, set_: SetOpt
     """Recall@k and MAP@R of test queries against the index, beside the raw-pixel baseline."""
     from simrec.evaluation.evaluate import evaluate as evaluate_run
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id, require_index=True)
     evaluate_run(settings, Lakehouse(settings.lake.root), run_id)
 
 
@@ -178,15 +185,12 @@ def recommend(
     """Print the k most similar catalog items for an image file."""
     from simrec.images import InvalidImageError
     from simrec.recommend import recommend_for_image
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
+    run_id = _run_id(settings, run_id, require_index=True)
     try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
         results = recommend_for_image(settings, run_id, image, k)
-    except (LookupError, InvalidImageError, ValueError) as error:
+    except (InvalidImageError, ValueError) as error:
         _fail(error)
     typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
     for result in results:
@@ -349,6 +353,96 @@ def style_register(
     with mlflow.start_run(run_id=run_id):
         uri = log_style_pyfunc(bundle_folder(run_id), name, settings.style.n, settings.style.max_n)
     typer.echo(f"registered {name} from run {run_id}: {uri}")
+
+
+@app.command()
+def package(
+    run_id: RunOption = None,
+    register: Annotated[
+        str | None, typer.Option(help="Registered model name (default serving.registered_model).")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Alias for the new version (default serving.alias).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
+    from simrec.index.faiss_index import IndexMismatchError
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.serving.package import package_run
+
+    settings = _settings(config, set_)
+    run_id = _run_id(settings, run_id, require_index=True)
+    try:
+        result = package_run(settings, Lakehouse(settings.lake.root), run_id, register, alias)
+    except (LookupError, TableMissingError, IndexMismatchError) as error:
+        _fail(error)
+    typer.echo(
+        f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
+        f"items, from run {run_id}): {result.registry_uri}"
+    )
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="Model to serve (default models:/<serving.registered_model>@<alias>)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    token_file: TokenFileOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the packaged model over HTTP, bearer token required on /invocations."""
+    from simrec.serving.server import serve as run_server
+    from simrec.serving.tokens import TokenError, load_token
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, serving.min_token_chars)
+    except TokenError as error:
+        _fail(error)
+    setup_mlflow(settings.mlflow)
+    run_server(
+        model_uri or f"models:/{serving.registered_model}@{serving.alias}",
+        token,
+        host or serving.host,
+        port or serving.port,
+        serving.max_body_bytes,
+    )
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image file.", exists=True, dir_okay=False)],
+    url: Annotated[str | None, typer.Option(help="Server URL (default serving.host/port).")] = None,
+    token_file: TokenFileOption = None,
+    k: Annotated[int, typer.Option("-k", help="How many similar items.")] = 5,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Ask a running `simrec serve` for the items most similar to IMAGE."""
+    from simrec.serving.client import SimrecClient, SimrecClientError
+    from simrec.serving.tokens import TokenError, load_token
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, min_chars=1)
+        with SimrecClient(
+            url or f"http://{serving.host}:{serving.port}", token, serving.client_timeout_s
+        ) as client:
+            items = client.similar(image, k=k, thumbnails=False)
+    except (TokenError, SimrecClientError) as error:
+        _fail(error)
+    typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
+    for item in items:
+        typer.echo(f"{item.rank:>4}  {item.item_id:<20} {item.label!s:<14} {item.distance:.4f}")
 
 
 @app.command()

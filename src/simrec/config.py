@@ -1,6 +1,8 @@
 """Typed settings: conf/simrec.yaml, overridden by SIMREC_CONFIG and `--set key.path=value`.
 
 One `Settings` object is loaded at the edge (CLI, notebook, MLproject) and passed down.
+A config may be several YAML files joined with `:` (`conf/simrec.yaml:conf/small.yaml`): each
+later file is merged over the ones before it, so an overlay only names the keys it changes.
 """
 
 from __future__ import annotations
@@ -35,24 +37,27 @@ class FashionMnistSettings(_Section):
     base_url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     files: dict[str, str] = Field(default_factory=dict)
     label_names: list[str] = Field(default_factory=list)
+    max_rows_per_split: int | None = None
 
 
 class CatalogSettings(_Section):
     source_dir: Path = Path("../shared/data/ikea")
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    max_items: int | None = None
 
 
 class SparkSettings(_Section):
     master: str = "local[*]"
     app_name: str = "simrec"
     local_ip: str | None = "127.0.0.1"
+    delta_format: bool = False
     conf: dict[str, str] = Field(default_factory=dict)
 
 
 class MlflowSettings(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlruns"
+    artifact_root: str | None = "mlruns"
     experiment: str = "simrec"
     registry_uri: str | None = None
 
@@ -61,10 +66,10 @@ class ModelSettings(_Section):
     image_size: int = 28
     channels: int = 1
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 2
+    convs_per_block: int = 1
     batch_norm: bool = True
     dropout: float = 0.25
-    dense_units: int = 256
+    dense_units: int = 0
     embedding_dim: int = 128
     augment: bool = True
 
@@ -167,6 +172,21 @@ class StyleSettings(_Section):
     train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
 
 
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_env: str = "SIMREC_API_TOKEN"
+    min_token_chars: int = 16
+    max_body_bytes: int = 10 * 2**20
+    max_batch_size: int = 64
+    max_image_pixels: int = 25_000_000
+    search_threads: int = 1
+    thumbnail_size: int = 64
+    registered_model: str = "simrec-fashion"
+    alias: str = "champion"
+    client_timeout_s: float = 30.0
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -179,6 +199,7 @@ class Settings(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     style: StyleSettings = Field(default_factory=StyleSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     def flat(self) -> dict[str, Any]:
         """The effective config as dotted keys, for MLflow params."""
@@ -223,12 +244,30 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_files(path: str | Path | None = None) -> list[Path]:
+    """The YAML files of a config: `path`, else $SIMREC_CONFIG, else conf/simrec.yaml; several
+    joined with `:` are merged in order (later files win)."""
+    spec = str(path or os.environ.get("SIMREC_CONFIG") or DEFAULT_CONFIG)
+    return [Path(part) for part in spec.split(os.pathsep) if part]
+
+
 def load_settings(
     path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> Settings:
     """Load defaults from conf/simrec.yaml (or `path`, or $SIMREC_CONFIG) and apply overrides."""
-    config_path = Path(path or os.environ.get("SIMREC_CONFIG") or DEFAULT_CONFIG)
-    with open(config_path) as handle:
-        raw = yaml.safe_load(handle) or {}
+    raw: dict[str, Any] = {}
+    for config_path in config_files(path):
+        with open(config_path) as handle:
+            raw = _merge(raw, yaml.safe_load(handle) or {})
     settings = Settings.model_validate(raw)
     return settings.with_overrides(overrides) if overrides else settings

@@ -25,9 +25,17 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     return builder.getOrCreate()
 
 
-def read_table(spark: SparkSession, lake: Lakehouse, table: TableVersion) -> DataFrame:
+def read_table(
+    spark: SparkSession, lake: Lakehouse, table: TableVersion, delta_format: bool = False
+) -> DataFrame:
     """`table` at its pinned version: the parquet files of that snapshot, never the folder
-    (which also holds files that later versions removed)."""
+    (which also holds files that later versions removed).
+
+    `delta_format=True` (setting `spark.delta_format`, for clusters that have the delta-spark
+    jars) reads the same snapshot through Spark's Delta source instead.
+    """
+    if delta_format:
+        return spark.read.format("delta").option("versionAsOf", table.version).load(table.path)
     files = lake.file_uris(table.name, table.version)
     if not files:
         raise ValueError(f"table {table.name!r} v{table.version} has no data files")
