@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from simrec.cli import app
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.tables import Lakehouse
+from simrec.serving.server import create_app
 from simrec.style.catalog import holdout_mask
 from simrec.style.runs import latest_style_run_id, load_run_bundle
 
@@ -160,3 +162,17 @@ def test_build_evaluate_train_recommend_and_serve(ikea_lake, tmp_path: Path) -> 
     assert answer[answer["query"] == 0]["category"].tolist() == ["chair", "chair"]
     assert answer[answer["query"] == 1]["category"].tolist() == ["table", "sofa"]
     assert np.all(np.isfinite(answer["distance"]))
+
+    # The same authenticated server as the fashion model serves it.
+    server = create_app(model, "style-test-token-0123456789", 1 << 20)
+    body = {"dataframe_records": [{"image": frame["image"][1], "k": 2, "categories": "table"}]}
+    with TestClient(server) as client:
+        assert client.post("/invocations", json=body).status_code == 401
+        served = client.post(
+            "/invocations",
+            json=body,
+            headers={"Authorization": "Bearer style-test-token-0123456789"},
+        )
+    assert served.status_code == 200, served.text
+    predictions = served.json()["predictions"]
+    assert [row["category"] for row in predictions] == ["table", "table"]
