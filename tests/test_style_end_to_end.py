@@ -146,7 +146,7 @@ def test_build_evaluate_train_recommend_and_serve(ikea_lake, tmp_path: Path) -> 
 
     registered = runner.invoke(app, ["style", "register", "--run-id", train_run, *args])
     assert registered.exit_code == 0, registered.output
-    model = mlflow.pyfunc.load_model("models:/simrec-style/1")
+    model = mlflow.pyfunc.load_model("models:/simrec-style@champion")
     frame = pd.DataFrame(
         {
             "image": [

@@ -334,10 +334,11 @@ def style_recommend(
 def style_register(
     run_id: StyleRunOption = None,
     name: Annotated[str, typer.Option(help="Registered model name.")] = "simrec-style",
+    alias: Annotated[str, typer.Option(help="Alias pointed at the new version.")] = "champion",
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Log a run's style bundle as a pyfunc model and register it (default `simrec-style`)."""
+    """Log a run's style bundle as a pyfunc model and register it (simrec-style@champion)."""
     import mlflow
 
     from simrec.style.pyfunc import log_style_pyfunc
@@ -351,7 +352,9 @@ def style_register(
     except LookupError as error:
         _fail(error)
     with mlflow.start_run(run_id=run_id):
-        uri = log_style_pyfunc(bundle_folder(run_id), name, settings.style.n, settings.style.max_n)
+        uri = log_style_pyfunc(
+            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
+        )
     typer.echo(f"registered {name} from run {run_id}: {uri}")
 
 

@@ -5,8 +5,9 @@ Input: a DataFrame with column `image` (base64-encoded image bytes), and optiona
 category but the query's own). Output: one row per recommendation — `query` (input row
 position), `category`, `rank`, `item_id`, `name`, `distance`.
 
-Served with `mlflow models serve`; it should share the fashion model's serving wrapper and
-auth middleware (the serving layer) once that exists, rather than being served on its own.
+Served like the fashion model, by the same bearer-token server (`simrec serve --model-uri
+models:/simrec-style@champion`, `simrec.serving.server`), which enforces this signature. Its own
+wrapper, not `simrec.serving.pyfunc`: the bundle differs (featurizer, per-category indexes).
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ def log_style_pyfunc(
     registered_model_name: str | None = REGISTERED_MODEL,
     default_k: int = 10,
     max_k: int = 100,
+    alias: str | None = None,
 ) -> str:
-    """Log (and register) the bundle as a pyfunc model in the active run; returns its URI."""
+    """Log (and register, pointing `alias` at the new version) the bundle as a pyfunc model
+    in the active run; returns the URI to load it by."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
@@ -117,4 +120,8 @@ def log_style_pyfunc(
         signature=signature,
         registered_model_name=registered_model_name,
     )
+    if registered_model_name and alias:
+        version = info.registered_model_version
+        mlflow.MlflowClient().set_registered_model_alias(registered_model_name, alias, version)
+        return f"models:/{registered_model_name}@{alias}"
     return info.model_uri

@@ -1,6 +1,6 @@
 """Learning style from rooms: a metric-learning head on frozen style vectors, where items that
-appear in the same room scene are positives (TensorFlow Similarity's MultiSimilarityLoss, the
-loss family of the fashion model).
+appear in the same room scene are positives: a multi-similarity loss over cross-category pairs
+(default), or TensorFlow Similarity's MultiSimilarityLoss over every pair, the fashion model's.
 
 The backbone and PCAs stay frozen (fine-tuning VGG16 is not feasible on a few CPU cores); the
 head learns which directions of the style space "go together". Items are split by a hash of
