@@ -3,17 +3,18 @@ the CLI and real MLflow, on a slice of the real IKEA catalog (chairs, tables, so
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import shutil
 from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from simrec.cli import app
@@ -166,13 +167,14 @@ def test_build_evaluate_train_recommend_and_serve(ikea_lake, tmp_path: Path) -> 
     # The same authenticated server as the fashion model serves it.
     server = create_app(model, "style-test-token-0123456789", 1 << 20)
     body = {"dataframe_records": [{"image": frame["image"][1], "k": 2, "categories": "table"}]}
-    with TestClient(server) as client:
-        assert client.post("/invocations", json=body).status_code == 401
-        served = client.post(
-            "/invocations",
-            json=body,
-            headers={"Authorization": "Bearer style-test-token-0123456789"},
-        )
+
+    async def call(headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=server)
+        async with httpx.AsyncClient(transport=transport, base_url="http://style") as client:
+            return await client.post("/invocations", json=body, headers=headers)
+
+    assert asyncio.run(call({})).status_code == 401
+    served = asyncio.run(call({"Authorization": "Bearer style-test-token-0123456789"}))
     assert served.status_code == 200, served.text
     predictions = served.json()["predictions"]
     assert [row["category"] for row in predictions] == ["table", "table"]
