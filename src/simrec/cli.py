@@ -15,6 +15,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 app = typer.Typer(help="simrec: image-similarity product recommender.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest data into Delta tables.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+style_app = typer.Typer(
+    help="Complete the look: Gram-matrix style recommender across categories.",
+    no_args_is_help=True,
+)
+app.add_typer(style_app, name="style")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML config (default conf/simrec.yaml).")
@@ -259,6 +264,165 @@ def recommend(
         typer.echo(
             f"{result.rank:>4}  {result.item_id:<20} {result.label_name:<14} {result.distance:.4f}"
         )
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+StyleRunOption = Annotated[
+    str | None, typer.Option("--run-id", help="Style run (default: the newest with a bundle).")
+]
+ItemsVersionOption = Annotated[
+    int | None, typer.Option(help="catalog_items Delta version (default latest).")
+]
+RoomsVersionOption = Annotated[
+    int | None, typer.Option(help="catalog_item_rooms Delta version (default latest).")
+]
+
+
+@style_app.command("build")
+def style_build(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    evaluate: Annotated[bool, typer.Option(help="Evaluate HR@n right after.")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Gram style vectors of the catalog (PCA fitted on it) → one faiss index per category."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.build import build_style
+    from simrec.style.evaluate import evaluate_style_run
+
+    settings = _settings(config, set_)
+    lake = Lakehouse(settings.lake.root)
+    try:
+        result = build_style(settings, lake, items_version, item_rooms_version)
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: style bundle of {len(result.bundle.items)} items")
+    if evaluate:
+        evaluate_style_run(settings, lake, result.run_id)
+
+
+@style_app.command("train")
+def style_train(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    cross_fit: Annotated[
+        bool, typer.Option(help="Also train one head per fold: every query scored held-out.")
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Learn style from rooms (items sharing a room are positives); held-out items evaluated."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.train import train_style
+
+    settings = _settings(config, set_)
+    try:
+        result = train_style(
+            settings, Lakehouse(settings.lake.root), items_version, item_rooms_version, cross_fit
+        )
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
+
+
+@style_app.command("evaluate")
+def style_evaluate(
+    pairs: Annotated[
+        str | None, typer.Option(help="source:target pairs, e.g. chair:table,bed:pillow.")
+    ] = None,
+    run_id: StyleRunOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """HR@n per pair against room scenes, beside random ranking and a colour histogram."""
+    from simrec.lake.tables import Lakehouse
+    from simrec.style.evaluate import evaluate_style_run
+    from simrec.style.runs import latest_style_run_id
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
+        evaluate_style_run(settings, Lakehouse(settings.lake.root), run_id, _csv(pairs))
+    except (LookupError, ValueError) as error:
+        _fail(error)
+
+
+@style_app.command("recommend")
+def style_recommend(
+    image: Annotated[
+        Path, typer.Option("--image", help="Query image file.", exists=True, dir_okay=False)
+    ],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Target categories, e.g. table,sofa (default all).")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="Items per category.")] = 10,
+    category: Annotated[
+        str | None, typer.Option(help="The query's own category (default: inferred).")
+    ] = None,
+    include_own: Annotated[
+        bool, typer.Option(help="Also recommend from the query's own category.")
+    ] = False,
+    run_id: StyleRunOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The n items of each category that best match an image's style."""
+    from simrec.images import InvalidImageError
+    from simrec.style.recommend import recommend_for_payload
+    from simrec.style.runs import latest_style_run_id, load_run_bundle
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        if not 0 < n <= settings.style.max_n:
+            raise ValueError(f"-n must be between 1 and {settings.style.max_n}, got {n}")
+        bundle = load_run_bundle(run_id or latest_style_run_id(settings.mlflow.experiment))
+        results = recommend_for_payload(
+            bundle, image.read_bytes(), n, _csv(to), category, include_own, str(image)
+        )
+    except (LookupError, InvalidImageError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{'category':<10} {'rank':>4}  {'item id':<14} {'name':<24} distance")
+    for result in results:
+        typer.echo(
+            f"{result.category:<10} {result.rank:>4}  {result.item_id:<14} "
+            f"{(result.name or '-')[:24]:<24} {result.distance:.4f}"
+        )
+
+
+@style_app.command("register")
+def style_register(
+    run_id: StyleRunOption = None,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "simrec-style",
+    alias: Annotated[str, typer.Option(help="Alias pointed at the new version.")] = "champion",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Log a run's style bundle as a pyfunc model and register it (simrec-style@champion)."""
+    import mlflow
+
+    from simrec.style.pyfunc import log_style_pyfunc
+    from simrec.style.runs import bundle_folder, latest_style_run_id
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
+    except LookupError as error:
+        _fail(error)
+    with mlflow.start_run(run_id=run_id):
+        uri = log_style_pyfunc(
+            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
+        )
+    typer.echo(f"registered {name} from run {run_id}: {uri}")
 
 
 @app.command()

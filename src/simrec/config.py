@@ -116,6 +116,62 @@ class RecommendSettings(_Section):
     max_k: int = 100
 
 
+class StyleTrainSettings(_Section):
+    """Transfer learning from rooms: a metric head on frozen style features."""
+
+    folds: int = 5
+    holdout_fold: int = 0
+    augment_views: int = 1
+    augment_crop: float = 0.8
+    hidden_units: int = 256
+    embedding_dim: int = 64
+    dropout: float = 0.3
+    input_noise: float = 0.3
+    epochs: int = 15
+    steps_per_epoch: int = 40
+    rooms_per_batch: int = 24
+    items_per_room: int = 4
+    min_room_items: int = 2
+    loss: Literal["cross_category", "multi_similarity"] = "cross_category"
+    learning_rate: float = 1e-3
+    loss_alpha: float = 2.0
+    loss_beta: float = 40.0
+    loss_epsilon: float = 0.1
+    loss_lmda: float = 0.5
+    seed: int = 7
+
+
+class StyleSettings(_Section):
+    """Gram-matrix style recommender ("complete the look")."""
+
+    backbone: Literal["vgg16", "keras_model"] = "vgg16"
+    weights: Literal["imagenet", "random"] = "imagenet"
+    weights_path: Path | None = None
+    backbone_path: Path | None = None
+    layers: list[str] = Field(
+        default_factory=lambda: ["block1_conv2", "block2_conv2", "block3_conv1"]
+    )
+    layer_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    image_size: int = 128
+    pca_dims: int = 64
+    gram_power: float = 0.5
+    mask_background: bool = True
+    background_threshold: int = 240
+    batch_size: int = 32
+    metric: Literal["l2", "cosine"] = "l2"
+    categories: list[str] = Field(default_factory=list)
+    pairs: list[str] = Field(
+        default_factory=lambda: ["chair:table", "table:chair", "sofa:table", "bed:pillow"]
+    )
+    hit_at: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    colour_bins: int = 8
+    min_queries: int = 20
+    n: int = 10
+    max_n: int = 100
+    seed: int = 7
+    train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
+
+
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -193,6 +249,7 @@ class Settings(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    style: StyleSettings = Field(default_factory=StyleSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
 
