@@ -22,12 +22,12 @@ test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench notebooks
+	$(BIN)/ruff format --check src tests bench notebooks
 
 format: setup-dev
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench notebooks
+	$(BIN)/ruff check --fix src tests bench notebooks
 
 bench: setup      ## regenerate bench/results.json and the README's results table
 	$(BIN)/python -m bench.run

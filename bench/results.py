@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
+import shutil
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,56 +35,115 @@ def machine() -> dict[str, object]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
+        "gpu": _gpus(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
 
 
-def load() -> dict[str, dict]:
-    return json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+def _gpus() -> str | None:
+    """NVIDIA GPUs by name (`nvidia-smi`), or None on a machine without them."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [name.strip() for name in listed if name.strip()]
+    return ", ".join(names) or None
 
 
-def record(name: str, result: dict[str, object]) -> None:
-    """Store `result` as section `name`, stamped with the time and the machine."""
-    results = load()
+def load(results_file: Path = RESULTS_FILE) -> dict[str, dict]:
+    return json.loads(results_file.read_text()) if results_file.exists() else {}
+
+
+def record(
+    name: str,
+    result: dict[str, object],
+    results_file: Path = RESULTS_FILE,
+    readme: Path = README,
+) -> None:
+    """Store `result` as section `name`, stamped with the time and the machine, and regenerate
+    the README table. A section's `summary` (a flat dict) is what the table shows."""
+    results = load(results_file)
     results[name] = {
         **result,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
-    RESULTS_FILE.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    render_readme()
+    results_file.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    render_readme(readme, results)
 
 
-def _rows(results: dict[str, dict]) -> list[str]:
-    rows = []
+def describe_machine(machine_info: object) -> str:
+    if not isinstance(machine_info, dict) or not machine_info:
+        return "machine not recorded"
+    details = [
+        f"{machine_info['cores']} cores" if machine_info.get("cores") else None,
+        f"{machine_info['memory_gib']} GiB RAM" if machine_info.get("memory_gib") else None,
+        str(machine_info["gpu"]) if machine_info.get("gpu") else None,
+    ]
+    shown = [d for d in details if d]
+    text = str(machine_info.get("cpu") or "unknown CPU")
+    if shown:
+        text += f" ({', '.join(shown)})"
+    if machine_info.get("python"):
+        text += f", Python {machine_info['python']}"
+    return _cell(text)
+
+
+def _cell(value: object) -> str:
+    """A value as one Markdown table cell."""
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    elif value is None:
+        text = "–"
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, sort_keys=True)
+    else:
+        text = str(value)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _section(name: str, section: dict[str, object]) -> list[str]:
+    summary = section.get("summary")
+    when = str(section.get("measured_at") or "time not recorded")
+    lines = [f"**{_cell(name)}** — {describe_machine(section.get('machine'))}; {_cell(when)}", ""]
+    if not isinstance(summary, dict) or not summary:
+        return [*lines, "_no summary recorded_", ""]
+    rows = [f"| {_cell(metric)} | {_cell(value)} |" for metric, value in summary.items()]
+    return [*lines, "| metric | value |", "|---|---|", *rows, ""]
+
+
+def render_results(results: dict[str, dict]) -> str:
+    """The README block: one table per benchmark, each with the machine it ran on."""
+    lines = [BEGIN, "Generated from `bench/results.json`; regenerate with `make bench`.", ""]
+    if not results:
+        lines += ["_No results yet: run `make bench`._", ""]
     for name, section in sorted(results.items()):
-        for metric, value in section.get("summary", {}).items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            rows.append(f"| {name} | {metric} | {shown} |")
-    return rows
+        lines += _section(name, section if isinstance(section, dict) else {})
+    return "\n".join([*lines, END])
 
 
-def render_readme() -> None:
-    """Rewrite the README's results table (between the markers) from results.json."""
-    if not README.exists():
-        return
-    results = load()
-    machines = sorted(
-        {f"{s['machine']['cpu']} ({s['machine']['cores']} cores)" for s in results.values()}
-    )
-    table = "\n".join(
-        [
-            BEGIN,
-            f"Measured on: {'; '.join(machines) or 'n/a'} — regenerate with `make bench`.",
-            "",
-            "| benchmark | metric | value |",
-            "|---|---|---|",
-            *_rows(results),
-            END,
-        ]
-    )
-    text = README.read_text()
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
-        README.write_text(text)
+def render_readme(readme: Path = README, results: dict[str, dict] | None = None) -> bool:
+    """Rewrite the README's results block (between the markers) from results.json; text
+    outside the markers is left as it is. Returns False where the README has no markers."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+        return False
+    block = render_results(load() if results is None else results)
+    updated = text[:begin] + block + text[end + len(END) :]
+    if updated != text:
+        readme.write_text(updated)
+    return True

@@ -13,6 +13,9 @@ from bench.results import render_readme
 # name -> module under bench/ whose main(overrides) records the section `name`.
 BENCHMARKS: dict[str, str] = {
     "fashion_quality": "bench.quality",
+    "style": "bench.style",
+    "serving": "bench.serving",
+    "tuning": "bench.tuning",
     "distributed": "bench.distributed",
 }
 

@@ -1,38 +1,41 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # simrec: distributed training with Horovod on Spark
-# MAGIC Thin over `simrec.distributed.train.train_distributed`: the same step as
-# MAGIC `simrec train --distributed --num-proc N`. Each Horovod rank runs in a Spark task and
-# MAGIC streams its own shard of the Fashion-MNIST Delta table at a pinned version; rank 0 logs the
-# MAGIC model to MLflow, where `index` and `evaluate` take it like a single-process one.
-# MAGIC On a cluster, `distributed.num_proc` is at most the number of task slots.
+# MAGIC # 03 · Train data-parallel with Horovod on Spark, and index the catalog
+# MAGIC The same steps as `simrec train --distributed` and `simrec index`: `distributed.num_proc`
+# MAGIC Horovod ranks, one per Spark task, each streaming its own shard of the Fashion-MNIST table
+# MAGIC at a pinned Delta version; rank 0 logs the model to MLflow like `03_train` does, so
+# MAGIC `04_evaluate` evaluates it with the same function (it takes the newest indexed run).
+# MAGIC Needs `01_ingest`, and at least `distributed.num_proc` Spark task slots.
+# MAGIC Settings come from `load_settings()` (`SIMREC_CONFIG`).
 
 # COMMAND ----------
 
 from simrec.config import load_settings
 from simrec.distributed.train import train_distributed
-from simrec.evaluation.evaluate import evaluate
 from simrec.index.build import build_catalog_index
 from simrec.lake.tables import Lakehouse
 from simrec.spark import get_spark
 
-# Overrides for a quick run; drop them for the full defaults.
-settings = load_settings(
-    overrides=["distributed.num_proc=2", "train.epochs=2", "train.steps_per_epoch=100"]
-)
+TABLE_VERSION = None  # a Delta version of the Fashion-MNIST table to train on; None = latest
+
+settings = load_settings()
 lake = Lakehouse(settings.lake.root)
-table = lake.pin(settings.lake.fashion_table)  # ingest first: notebooks/01_ingest_train_evaluate
+table = lake.pin(settings.lake.fashion_table, TABLE_VERSION)
 spark = get_spark(settings.spark)  # on Databricks: the cluster's session
 table
 
 # COMMAND ----------
 
 result = train_distributed(settings, lake, table, spark=spark)
-print(f"{result.num_proc} processes, {result.images_per_second:.0f} images/s; {result.model_uri}")
-[(worker.rank, worker.final_weights_digest[:12]) for worker in result.workers]
+{
+    "run_id": result.run_id,
+    "processes": result.num_proc,
+    "images_per_second": round(result.images_per_second),
+    "ranks_identical": len({worker.final_weights_digest for worker in result.workers}) == 1,
+    "val_recall_at_1": result.val_recall_at_1,
+}
 
 # COMMAND ----------
 
-build_catalog_index(settings, lake, result.run_id)
-report = evaluate(settings, lake, result.run_id)
-report.as_dict()
+indexed = build_catalog_index(settings, lake, result.run_id)
+{"run_id": indexed.run_id, "index_size": len(indexed.index), "kind": settings.index.kind}

@@ -2,22 +2,28 @@
 # The one install path for simrec: system data (apt), the virtualenv, pinned Python
 # dependencies, Horovod (built from source against the installed TensorFlow) and the package.
 # Used by `make setup`, CI and the container image alike. Idempotent: re-running is cheap.
-#   scripts/install.sh [--dev] [--browser]
+#   scripts/install.sh [--dev] [--browser] [--no-apt] [--no-horovod] [--deps-only]
+# --no-apt: no system packages; --no-horovod: skip the Horovod build (images that only serve);
+# --deps-only: the pinned dependencies without simrec itself (a cacheable container layer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${SIMREC_VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
-DEV=0; BROWSER=0
+DEV=0; BROWSER=0; APT=1; HOROVOD=1; PROJECT=1
 for arg in "$@"; do
   case "$arg" in
     --dev) DEV=1 ;;
     --browser) BROWSER=1 ;;
+    --no-apt) APT=0 ;;
+    --no-horovod) HOROVOD=0 ;;
+    --deps-only) PROJECT=0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
 
 apt_install() {
+  [ "$APT" = 1 ] || { echo "install.sh: --no-apt; skipping system packages: $*" >&2; return 0; }
   # Debian packages: only where apt exists and we may use it (root or passwordless sudo).
   command -v apt-get >/dev/null || { echo "install.sh: no apt-get; skipping system packages: $*" >&2; return 0; }
   local sudo=""
@@ -52,7 +58,7 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
+if [ "$HOROVOD" = 1 ] && ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   echo "install.sh: building Horovod 0.28.1 against TensorFlow (2-3 minutes)"
   command -v cmake >/dev/null || "${PIP[@]}" install "cmake<4"
   PATH="$PWD/$VENV/bin:$PATH" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
@@ -60,5 +66,5 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
     "${PIP[@]}" install --no-cache-dir --no-build-isolation horovod==0.28.1 -c requirements/constraints.txt
 fi
 
-"${PIP[@]}" install --no-deps -e .
+if [ "$PROJECT" = 1 ]; then "${PIP[@]}" install --no-deps -e .; fi
 echo "install.sh: done ($VENV)"

@@ -89,3 +89,18 @@ def test_spark_reads_the_pinned_snapshot(spark, tmp_path: Path, settings) -> Non
         row["split"] for row in frame.select("split").distinct().collect()
     ) == {"train", "test"}
     assert read_table(spark, lake, lake.pin("fm")).count() == 80
+
+
+def test_the_configured_slice_is_the_default(tmp_path: Path, settings) -> None:
+    lake = Lakehouse(settings.lake.root)
+    sliced = settings.with_overrides({"fashion_mnist.max_rows_per_split": 25})
+    assert ingest_fashion_mnist(lake, sliced.fashion_mnist, "fm").rows_added == 50
+    assert ingest_fashion_mnist(lake, sliced.fashion_mnist, "fm", 30).rows_added == 10
+
+
+def test_delta_format_reads_through_the_spark_delta_source(spark, settings) -> None:
+    """Where the cluster has the delta-spark jars; here Spark has no such source."""
+    lake = Lakehouse(settings.lake.root)
+    table = ingest_fashion_mnist(lake, settings.fashion_mnist, "fm", max_rows_per_split=5)
+    with pytest.raises(Exception, match="(?i)delta"):
+        read_table(spark, lake, lake.pin("fm", table.version), delta_format=True).count()

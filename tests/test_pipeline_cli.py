@@ -30,3 +30,4 @@ def test_simrec_pipeline_runs_end_to_end(tmp_path: Path, small_model_args: list[
     assert "Done." in done.stdout and "Recall@1" in done.stdout
     assert (tmp_path / "lakehouse" / "fashion_mnist" / "_delta_log").is_dir()
     assert (tmp_path / "lakehouse" / "catalog_items" / "_delta_log").is_dir()
+    assert "models:/simrec-fashion@champion" in done.stdout

@@ -99,7 +99,9 @@ def test_index_evaluate_and_recommend(trained, tmp_path: Path) -> None:
     assert latest_run_id(settings.mlflow.experiment, require_index=True) == result.run_id
 
     # A catalog image queried through the CLI finds itself first.
-    row = lake.read(table.name, table.version, columns=["id", "image"]).slice(0, 1).to_pylist()[0]
+    # A catalog (train split) row: deltalake does not keep the written row order within a file.
+    rows = lake.read(table.name, table.version, columns=["id", "split", "image"])
+    row = next(r for r in rows.to_pylist() if r["split"] == "train")
     query = tmp_path / "query.jpg"
     Image.open(io.BytesIO(row["image"])).save(query)  # a re-encoded JPEG, not the stored PNG
     overrides = [

@@ -15,12 +15,21 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 app = typer.Typer(help="simrec: image-similarity product recommender.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Ingest data into Delta tables.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+style_app = typer.Typer(
+    help="Complete the look: Gram-matrix style recommender across categories.",
+    no_args_is_help=True,
+)
+app.add_typer(style_app, name="style")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML config (default conf/simrec.yaml).")
 ]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set train.epochs=3.")
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(help="File holding the bearer token (else $SIMREC_API_TOKEN).", dir_okay=False),
 ]
 RunOption = Annotated[
     str | None, typer.Option("--run-id", help="Training run (default: the newest finished one).")
@@ -30,12 +39,27 @@ RunOption = Annotated[
 def _settings(config: Path | None, overrides: list[str] | None):
     from simrec.config import load_settings
 
-    return load_settings(config, overrides or [])
+    try:
+        return load_settings(config, overrides or [])
+    except (OSError, ValueError) as error:
+        _fail(error)
 
 
 def _fail(error: Exception) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
+    """`run_id`, or the newest finished training run; MLflow is set up either way."""
+    from simrec.runs import latest_run_id
+    from simrec.tracking import setup_mlflow
+
+    setup_mlflow(settings.mlflow)
+    try:
+        return run_id or latest_run_id(settings.mlflow.experiment, require_index=require_index)
+    except LookupError as error:
+        _fail(error)
 
 
 @app.callback()
@@ -100,11 +124,23 @@ def ingest_catalog_command(
         typer.echo(f"{result.name}: version {result.version}, {result.rows_added} new rows")
 
 
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--params",
+        help="YAML of dotted overrides (e.g. best.yaml from `simrec tune`); --set still wins.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
 @app.command()
 def train(
     table_version: Annotated[
         int | None, typer.Option(help="Delta version to train on (default latest).")
     ] = None,
+    params: ParamsOption = None,
     distributed: Annotated[
         bool, typer.Option("--distributed", help="Horovod data-parallel on the Spark cluster.")
     ] = False,
@@ -116,13 +152,20 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the similarity model on the Fashion-MNIST table at a pinned version."""
+    from simrec.config import load_overrides_file, load_settings
     from simrec.lake.tables import Lakehouse, TableMissingError
 
-    settings = _settings(config, set_)
-    if num_proc is not None:
-        if not distributed:
-            _fail(ValueError("--num-proc needs --distributed"))
-        settings = settings.with_overrides({"distributed.num_proc": num_proc})
+    if num_proc is not None and not distributed:
+        _fail(ValueError("--num-proc needs --distributed"))
+    try:
+        settings = load_settings(config)
+        if params is not None:
+            settings = settings.with_overrides(load_overrides_file(params))
+        settings = settings.with_overrides(set_ or [])
+        if num_proc is not None:
+            settings = settings.with_overrides({"distributed.num_proc": num_proc})
+    except ValueError as error:  # pydantic's ValidationError is a ValueError too
+        _fail(error)
     lake = Lakehouse(settings.lake.root)
     try:
         table = lake.pin(settings.lake.fashion_table, table_version)
@@ -150,19 +193,61 @@ def train(
 
 
 @app.command()
+def tune(
+    max_evals: Annotated[int | None, typer.Option(help="Trials in all.")] = None,
+    parallelism: Annotated[int | None, typer.Option(help="Trials at a time (SparkTrials).")] = None,
+    trials: Annotated[
+        str | None, typer.Option(help="spark (SparkTrials) or local (sequential Trials).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the best knobs (default best.yaml).")
+    ] = None,
+    table_version: Annotated[
+        int | None, typer.Option(help="Delta version to tune on (default latest).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Hyperopt search over tuning.space; each trial a nested MLflow run, scored on validation."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.tuning.search import NoSuccessfulTrialError
+    from simrec.tuning.search import tune as run_search
+
+    options = {
+        "tuning.max_evals": max_evals,
+        "tuning.parallelism": parallelism,
+        "tuning.trials": trials,
+    }
+    try:
+        settings = _settings(config, set_).with_overrides(
+            {key: value for key, value in options.items() if value is not None}
+        )
+        lake = Lakehouse(settings.lake.root)
+        table = lake.pin(settings.lake.fashion_table, table_version)
+        result = run_search(settings, lake, table, best_params_path=output)
+    except (ValueError, TableMissingError, NoSuccessfulTrialError) as error:
+        _fail(error)
+    typer.echo(f"{'trial':>5}  {'status':<9} {'val R@1':>7}  params / reason")
+    for trial in result.trials:
+        recall = f"{trial.val_recall_at_1:.4f}" if trial.val_recall_at_1 is not None else "-"
+        detail = trial.failure or ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        typer.echo(f"{trial.tid:>5}  {trial.status:<9} {recall:>7}  {detail}")
+    typer.echo(
+        f"search run {result.run_id} ({result.backend}, {len(result.trials)} trials, "
+        f"{len(result.failed)} failed, {result.search_seconds:.0f} s): best validation "
+        f"Recall@1 {result.best_val_recall_at_1:.4f} → {result.best_params_path}"
+    )
+    typer.echo(f"train with it: simrec train --params {result.best_params_path}")
+
+
+@app.command()
 def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption = None) -> None:
     """Embed the catalog with a run's model and build its faiss index."""
     from simrec.index.build import build_catalog_index
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id)
     result = build_catalog_index(settings, Lakehouse(settings.lake.root), run_id)
     typer.echo(f"run {run_id}: {settings.index.kind} index of {len(result.index)} items")
 
@@ -172,15 +257,9 @@ def evaluate(run_id: RunOption = None, config: ConfigOption = None, set_: SetOpt
     """Recall@k and MAP@R of test queries against the index, beside the raw-pixel baseline."""
     from simrec.evaluation.evaluate import evaluate as evaluate_run
     from simrec.lake.tables import Lakehouse
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
-    try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
-    except LookupError as error:
-        _fail(error)
+    run_id = _run_id(settings, run_id, require_index=True)
     evaluate_run(settings, Lakehouse(settings.lake.root), run_id)
 
 
@@ -197,21 +276,267 @@ def recommend(
     """Print the k most similar catalog items for an image file."""
     from simrec.images import InvalidImageError
     from simrec.recommend import recommend_for_image
-    from simrec.runs import latest_run_id
-    from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
-    setup_mlflow(settings.mlflow)
+    run_id = _run_id(settings, run_id, require_index=True)
     try:
-        run_id = run_id or latest_run_id(settings.mlflow.experiment, require_index=True)
         results = recommend_for_image(settings, run_id, image, k)
-    except (LookupError, InvalidImageError, ValueError) as error:
+    except (InvalidImageError, ValueError) as error:
         _fail(error)
     typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
     for result in results:
         typer.echo(
             f"{result.rank:>4}  {result.item_id:<20} {result.label_name:<14} {result.distance:.4f}"
         )
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+
+
+StyleRunOption = Annotated[
+    str | None, typer.Option("--run-id", help="Style run (default: the newest with a bundle).")
+]
+ItemsVersionOption = Annotated[
+    int | None, typer.Option(help="catalog_items Delta version (default latest).")
+]
+RoomsVersionOption = Annotated[
+    int | None, typer.Option(help="catalog_item_rooms Delta version (default latest).")
+]
+
+
+@style_app.command("build")
+def style_build(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    evaluate: Annotated[bool, typer.Option(help="Evaluate HR@n right after.")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Gram style vectors of the catalog (PCA fitted on it) → one faiss index per category."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.build import build_style
+    from simrec.style.evaluate import evaluate_style_run
+
+    settings = _settings(config, set_)
+    lake = Lakehouse(settings.lake.root)
+    try:
+        result = build_style(settings, lake, items_version, item_rooms_version)
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: style bundle of {len(result.bundle.items)} items")
+    if evaluate:
+        evaluate_style_run(settings, lake, result.run_id)
+
+
+@style_app.command("train")
+def style_train(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    cross_fit: Annotated[
+        bool, typer.Option(help="Also train one head per fold: every query scored held-out.")
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Learn style from rooms (items sharing a room are positives); held-out items evaluated."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.train import train_style
+
+    settings = _settings(config, set_)
+    try:
+        result = train_style(
+            settings, Lakehouse(settings.lake.root), items_version, item_rooms_version, cross_fit
+        )
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
+
+
+@style_app.command("evaluate")
+def style_evaluate(
+    pairs: Annotated[
+        str | None, typer.Option(help="source:target pairs, e.g. chair:table,bed:pillow.")
+    ] = None,
+    run_id: StyleRunOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """HR@n per pair against room scenes, beside random ranking and a colour histogram."""
+    from simrec.lake.tables import Lakehouse
+    from simrec.style.evaluate import evaluate_style_run
+    from simrec.style.runs import latest_style_run_id
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
+        evaluate_style_run(settings, Lakehouse(settings.lake.root), run_id, _csv(pairs))
+    except (LookupError, ValueError) as error:
+        _fail(error)
+
+
+@style_app.command("recommend")
+def style_recommend(
+    image: Annotated[
+        Path, typer.Option("--image", help="Query image file.", exists=True, dir_okay=False)
+    ],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Target categories, e.g. table,sofa (default all).")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="Items per category.")] = 10,
+    category: Annotated[
+        str | None, typer.Option(help="The query's own category (default: inferred).")
+    ] = None,
+    include_own: Annotated[
+        bool, typer.Option(help="Also recommend from the query's own category.")
+    ] = False,
+    run_id: StyleRunOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The n items of each category that best match an image's style."""
+    from simrec.images import InvalidImageError
+    from simrec.style.recommend import recommend_for_payload
+    from simrec.style.runs import latest_style_run_id, load_run_bundle
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        if not 0 < n <= settings.style.max_n:
+            raise ValueError(f"-n must be between 1 and {settings.style.max_n}, got {n}")
+        bundle = load_run_bundle(run_id or latest_style_run_id(settings.mlflow.experiment))
+        results = recommend_for_payload(
+            bundle, image.read_bytes(), n, _csv(to), category, include_own, str(image)
+        )
+    except (LookupError, InvalidImageError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{'category':<10} {'rank':>4}  {'item id':<14} {'name':<24} distance")
+    for result in results:
+        typer.echo(
+            f"{result.category:<10} {result.rank:>4}  {result.item_id:<14} "
+            f"{(result.name or '-')[:24]:<24} {result.distance:.4f}"
+        )
+
+
+@style_app.command("register")
+def style_register(
+    run_id: StyleRunOption = None,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "simrec-style",
+    alias: Annotated[str, typer.Option(help="Alias pointed at the new version.")] = "champion",
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Log a run's style bundle as a pyfunc model and register it (simrec-style@champion)."""
+    import mlflow
+
+    from simrec.style.pyfunc import log_style_pyfunc
+    from simrec.style.runs import bundle_folder, latest_style_run_id
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
+    except LookupError as error:
+        _fail(error)
+    with mlflow.start_run(run_id=run_id):
+        uri = log_style_pyfunc(
+            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
+        )
+    typer.echo(f"registered {name} from run {run_id}: {uri}")
+
+
+@app.command()
+def package(
+    run_id: RunOption = None,
+    register: Annotated[
+        str | None, typer.Option(help="Registered model name (default serving.registered_model).")
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Alias for the new version (default serving.alias).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
+    from simrec.index.faiss_index import IndexMismatchError
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.serving.package import package_run
+
+    settings = _settings(config, set_)
+    run_id = _run_id(settings, run_id, require_index=True)
+    try:
+        result = package_run(settings, Lakehouse(settings.lake.root), run_id, register, alias)
+    except (LookupError, TableMissingError, IndexMismatchError) as error:
+        _fail(error)
+    typer.echo(
+        f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
+        f"items, from run {run_id}): {result.registry_uri}"
+    )
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="Model to serve (default models:/<serving.registered_model>@<alias>)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default serving.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    token_file: TokenFileOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the packaged model over HTTP, bearer token required on /invocations."""
+    from simrec.serving.server import serve as run_server
+    from simrec.serving.tokens import TokenError, load_token
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, serving.min_token_chars)
+    except TokenError as error:
+        _fail(error)
+    setup_mlflow(settings.mlflow)
+    run_server(
+        model_uri or f"models:/{serving.registered_model}@{serving.alias}",
+        token,
+        host or serving.host,
+        port or serving.port,
+        serving.max_body_bytes,
+    )
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image file.", exists=True, dir_okay=False)],
+    url: Annotated[str | None, typer.Option(help="Server URL (default serving.host/port).")] = None,
+    token_file: TokenFileOption = None,
+    k: Annotated[int, typer.Option("-k", help="How many similar items.")] = 5,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Ask a running `simrec serve` for the items most similar to IMAGE."""
+    from simrec.serving.client import SimrecClient, SimrecClientError
+    from simrec.serving.tokens import TokenError, load_token
+
+    settings = _settings(config, set_)
+    serving = settings.serving
+    try:
+        token = load_token(token_file, serving.token_env, min_chars=1)
+        with SimrecClient(
+            url or f"http://{serving.host}:{serving.port}", token, serving.client_timeout_s
+        ) as client:
+            items = client.similar(image, k=k, thumbnails=False)
+    except (TokenError, SimrecClientError) as error:
+        _fail(error)
+    typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
+    for item in items:
+        typer.echo(f"{item.rank:>4}  {item.item_id:<20} {item.label!s:<14} {item.distance:.4f}")
 
 
 @app.command()

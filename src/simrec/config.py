@@ -1,6 +1,8 @@
 """Typed settings: conf/simrec.yaml, overridden by SIMREC_CONFIG and `--set key.path=value`.
 
 One `Settings` object is loaded at the edge (CLI, notebook, MLproject) and passed down.
+A config may be several YAML files joined with `:` (`conf/simrec.yaml:conf/small.yaml`): each
+later file is merged over the ones before it, so an overlay only names the keys it changes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = PACKAGE_ROOT / "conf" / "simrec.yaml"
@@ -35,24 +37,27 @@ class FashionMnistSettings(_Section):
     base_url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
     files: dict[str, str] = Field(default_factory=dict)
     label_names: list[str] = Field(default_factory=list)
+    max_rows_per_split: int | None = None
 
 
 class CatalogSettings(_Section):
     source_dir: Path = Path("../shared/data/ikea")
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    max_items: int | None = None
 
 
 class SparkSettings(_Section):
     master: str = "local[*]"
     app_name: str = "simrec"
     local_ip: str | None = "127.0.0.1"
+    delta_format: bool = False
     conf: dict[str, str] = Field(default_factory=dict)
 
 
 class MlflowSettings(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlruns"
+    artifact_root: str | None = "mlruns"
     experiment: str = "simrec"
     registry_uri: str | None = None
 
@@ -61,10 +66,10 @@ class ModelSettings(_Section):
     image_size: int = 28
     channels: int = 1
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 2
+    convs_per_block: int = 1
     batch_norm: bool = True
     dropout: float = 0.25
-    dense_units: int = 256
+    dense_units: int = 0
     embedding_dim: int = 128
     augment: bool = True
 
@@ -125,6 +130,128 @@ class RecommendSettings(_Section):
     max_k: int = 100
 
 
+class StyleTrainSettings(_Section):
+    """Transfer learning from rooms: a metric head on frozen style features."""
+
+    folds: int = 5
+    holdout_fold: int = 0
+    augment_views: int = 1
+    augment_crop: float = 0.8
+    hidden_units: int = 256
+    embedding_dim: int = 64
+    dropout: float = 0.3
+    input_noise: float = 0.3
+    epochs: int = 15
+    steps_per_epoch: int = 40
+    rooms_per_batch: int = 24
+    items_per_room: int = 4
+    min_room_items: int = 2
+    loss: Literal["cross_category", "multi_similarity"] = "cross_category"
+    learning_rate: float = 1e-3
+    loss_alpha: float = 2.0
+    loss_beta: float = 40.0
+    loss_epsilon: float = 0.1
+    loss_lmda: float = 0.5
+    seed: int = 7
+
+
+class StyleSettings(_Section):
+    """Gram-matrix style recommender ("complete the look")."""
+
+    backbone: Literal["vgg16", "keras_model"] = "vgg16"
+    weights: Literal["imagenet", "random"] = "imagenet"
+    weights_path: Path | None = None
+    backbone_path: Path | None = None
+    layers: list[str] = Field(
+        default_factory=lambda: ["block1_conv2", "block2_conv2", "block3_conv1"]
+    )
+    layer_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    image_size: int = 128
+    pca_dims: int = 64
+    gram_power: float = 0.5
+    mask_background: bool = True
+    background_threshold: int = 240
+    batch_size: int = 32
+    metric: Literal["l2", "cosine"] = "l2"
+    categories: list[str] = Field(default_factory=list)
+    pairs: list[str] = Field(
+        default_factory=lambda: ["chair:table", "table:chair", "sofa:table", "bed:pillow"]
+    )
+    hit_at: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    colour_bins: int = 8
+    min_queries: int = 20
+    n: int = 10
+    max_n: int = 100
+    seed: int = 7
+    train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_env: str = "SIMREC_API_TOKEN"
+    min_token_chars: int = 16
+    max_body_bytes: int = 10 * 2**20
+    max_batch_size: int = 64
+    max_image_pixels: int = 25_000_000
+    search_threads: int = 1
+    thumbnail_size: int = 64
+    registered_model: str = "simrec-fashion"
+    alias: str = "champion"
+    client_timeout_s: float = 30.0
+
+
+class SearchDimension(_Section):
+    """One knob's search distribution, as data; `simrec.tuning.space` turns it into hyperopt.
+
+    Bounds are in the knob's own units (loguniform too: `low: 0.0001`, not its log).
+    quniform/qloguniform with whole-number bounds and step yield ints.
+    """
+
+    type: Literal["uniform", "loguniform", "quniform", "qloguniform", "choice"]
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    options: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SearchDimension:
+        if self.type == "choice":
+            if not self.options:
+                raise ValueError("a choice needs a non-empty `options` list")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs numeric low < high")
+        if self.type in ("loguniform", "qloguniform") and self.low <= 0:
+            raise ValueError(f"{self.type} needs low > 0")
+        if self.type.startswith("q") and (self.q is None or self.q <= 0):
+            raise ValueError(f"{self.type} needs a step q > 0")
+        return self
+
+
+class TuningSettings(_Section):
+    max_evals: int = Field(32, ge=1)
+    parallelism: int = Field(2, ge=1)
+    trials: Literal["spark", "local"] = "spark"
+    algo: Literal["tpe", "random"] = "tpe"
+    seed: int = 7
+    timeout_s: int | None = None
+    threads_per_trial: int | None = None
+    best_params_file: Path = Path("best.yaml")
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    # section -> knob -> distribution; a null knob is not searched.
+    space: dict[str, dict[str, SearchDimension | None]] = Field(default_factory=dict)
+
+    def dimensions(self) -> dict[str, SearchDimension]:
+        """The searched knobs by dotted settings key (`train.learning_rate`)."""
+        return {
+            f"{section}.{knob}": dimension
+            for section, knobs in self.space.items()
+            for knob, dimension in knobs.items()
+            if dimension is not None
+        }
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -137,6 +264,23 @@ class Settings(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
+    style: StyleSettings = Field(default_factory=StyleSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
+
+    @model_validator(mode="after")
+    def _check_tuning_knobs(self) -> Settings:
+        knobs = self.tuning.dimensions()
+        for key in knobs:
+            section, _, name = key.partition(".")
+            model = getattr(self, section, None) if section != "tuning" else None
+            if not isinstance(model, BaseModel) or name not in type(model).model_fields:
+                raise ValueError(f"tuning.space: {key!r} is not a setting that can be tuned")
+        for point in self.tuning.points_to_evaluate:
+            unknown = sorted(set(point) - set(knobs))
+            if unknown:
+                raise ValueError(f"tuning.points_to_evaluate: {unknown} are not in tuning.space")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """The effective config as dotted keys, for MLflow params."""
@@ -156,6 +300,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ValueError(f"override must look like section.key=value, got {text!r}")
     return key.strip(), yaml.safe_load(raw)
+
+
+def load_overrides_file(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of dotted keys to values (what `simrec tune` writes as best.yaml)."""
+    with open(path) as handle:
+        overrides = yaml.safe_load(handle) or {}
+    if not isinstance(overrides, dict) or not all(isinstance(key, str) for key in overrides):
+        raise ValueError(f"{path}: expected a mapping of section.key: value")
+    return overrides
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -181,12 +334,30 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_files(path: str | Path | None = None) -> list[Path]:
+    """The YAML files of a config: `path`, else $SIMREC_CONFIG, else conf/simrec.yaml; several
+    joined with `:` are merged in order (later files win)."""
+    spec = str(path or os.environ.get("SIMREC_CONFIG") or DEFAULT_CONFIG)
+    return [Path(part) for part in spec.split(os.pathsep) if part]
+
+
 def load_settings(
     path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> Settings:
     """Load defaults from conf/simrec.yaml (or `path`, or $SIMREC_CONFIG) and apply overrides."""
-    config_path = Path(path or os.environ.get("SIMREC_CONFIG") or DEFAULT_CONFIG)
-    with open(config_path) as handle:
-        raw = yaml.safe_load(handle) or {}
+    raw: dict[str, Any] = {}
+    for config_path in config_files(path):
+        with open(config_path) as handle:
+            raw = _merge(raw, yaml.safe_load(handle) or {})
     settings = Settings.model_validate(raw)
     return settings.with_overrides(overrides) if overrides else settings

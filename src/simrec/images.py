@@ -43,8 +43,10 @@ def open_image(
             image.load()
     except InvalidImageError:
         raise
+    except UnidentifiedImageError as error:
+        # PIL's own message only names the BytesIO object it was given.
+        raise InvalidImageError(f"{source}: not a readable image (unknown format)") from error
     except (
-        UnidentifiedImageError,
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as error:

@@ -13,11 +13,13 @@ from simrec.lake.tables import Lakehouse, TableVersion
 
 def get_spark(settings: SparkSettings) -> SparkSession:
     """The active session, or a new one on `settings.master` (loopback-bound for local runs)."""
-    # Python tasks (UDFs, Horovod ranks) run this interpreter, not whatever `python3` is on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings.local_ip:
         # Without this local Spark binds the external interface.
         os.environ.setdefault("SPARK_LOCAL_IP", settings.local_ip)
+    if settings.master.startswith("local"):
+        # Local Python workers must run this interpreter (the one with simrec's dependencies,
+        # e.g. for hyperopt trials), not whichever `python3` comes first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
     if settings.local_ip:
         builder = builder.config("spark.driver.bindAddress", settings.local_ip).config(
@@ -28,9 +30,17 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     return builder.getOrCreate()
 
 
-def read_table(spark: SparkSession, lake: Lakehouse, table: TableVersion) -> DataFrame:
+def read_table(
+    spark: SparkSession, lake: Lakehouse, table: TableVersion, delta_format: bool = False
+) -> DataFrame:
     """`table` at its pinned version: the parquet files of that snapshot, never the folder
-    (which also holds files that later versions removed)."""
+    (which also holds files that later versions removed).
+
+    `delta_format=True` (setting `spark.delta_format`, for clusters that have the delta-spark
+    jars) reads the same snapshot through Spark's Delta source instead.
+    """
+    if delta_format:
+        return spark.read.format("delta").option("versionAsOf", table.version).load(table.path)
     files = lake.file_uris(table.name, table.version)
     if not files:
         raise ValueError(f"table {table.name!r} v{table.version} has no data files")

@@ -13,14 +13,22 @@ from simrec.config import MlflowSettings
 from simrec.lake.tables import TableVersion
 
 _SQLITE_RELATIVE = re.compile(r"^sqlite:///(?!/)(.+)$")
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+# Store names MLflow resolves itself (Databricks workspaces, Unity Catalog registry).
+_NAMED_STORES = {"databricks", "databricks-uc"}
+
+
+def _is_uri(text: str) -> bool:
+    return text in _NAMED_STORES or bool(_URI_SCHEME.match(text))
 
 
 def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative sqlite path absolute so runs land in the same store from any process."""
+    """Make a relative sqlite path absolute so runs land in the same store from any process;
+    a plain path becomes a file URI; other URIs (http, databricks, dbfs:...) stay as they are."""
     match = _SQLITE_RELATIVE.match(uri)
     if match:
         return f"sqlite:///{Path(match.group(1)).resolve()}"
-    if "://" not in uri:
+    if not _is_uri(uri):
         return Path(uri).resolve().as_uri()
     return uri
 
@@ -33,7 +41,8 @@ def setup_mlflow(settings: MlflowSettings) -> str:
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     if experiment is None:
         root = settings.artifact_root
-        location = root if "://" in root else Path(root).resolve().as_uri()
+        # None: the tracking server chooses (as Databricks does for its experiments)
+        location = root if not root or _is_uri(root) else Path(root).resolve().as_uri()
         experiment_id = mlflow.create_experiment(settings.experiment, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id

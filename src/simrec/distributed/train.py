@@ -446,15 +446,17 @@ def _throughput(reports: list[WorkerReport]) -> float:
 
 
 def _absolute_paths(settings: Settings) -> Settings:
-    """Ranks may start in another working directory: resolve everything relative here."""
+    """Ranks may start in another working directory: resolve everything relative here.
+
+    (`mlflow.artifact_root` only matters when the experiment is created, which the driver
+    does before any rank starts.)
+    """
     overrides: dict[str, object] = {
         "lake.root": str(Path(settings.lake.root).resolve()),
         "mlflow.tracking_uri": resolve_tracking_uri(settings.mlflow.tracking_uri),
     }
     if settings.mlflow.registry_uri:
         overrides["mlflow.registry_uri"] = resolve_tracking_uri(settings.mlflow.registry_uri)
-    if "://" not in settings.mlflow.artifact_root:
-        overrides["mlflow.artifact_root"] = str(Path(settings.mlflow.artifact_root).resolve())
     if settings.distributed.checkpoint_dir is not None:
         overrides["distributed.checkpoint_dir"] = str(
             Path(settings.distributed.checkpoint_dir).resolve()

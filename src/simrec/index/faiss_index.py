@@ -109,6 +109,10 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
 
+    def live_item_ids(self) -> list[str]:
+        """Ids of the items currently searchable (removed ones excluded), in key order."""
+        return [item_id for item_id, _ in sorted(self._key_of.items(), key=lambda pair: pair[1])]
+
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ids (object array, None where fewer than k items) and distances, both (n, k)."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)

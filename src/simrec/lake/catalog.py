@@ -463,8 +463,11 @@ def ingest_catalog(
 
     `max_items` keeps the first items by sorted id (and only the rooms and pairs they touch).
     All images are validated before the first write; re-running adds nothing already there.
-    Returns {"items": ..., "rooms": ..., "item_rooms": ...}.
+    Returns {"items": ..., "rooms": ..., "item_rooms": ...}. `max_items` defaults to
+    `settings.max_items`.
     """
+    if max_items is None:
+        max_items = settings.max_items
     if max_items is not None and max_items < 0:
         raise ValueError(f"max_items must be >= 0, got {max_items}")
     source_dir = Path(source_dir if source_dir is not None else settings.source_dir).expanduser()

@@ -148,7 +148,12 @@ def ingest_fashion_mnist(
     table_name: str = "fashion_mnist",
     max_rows_per_split: int | None = None,
 ) -> TableVersion:
-    """Ingest both splits into `table_name`; re-running adds nothing already there."""
+    """Ingest both splits into `table_name`; re-running adds nothing already there.
+
+    `max_rows_per_split` (default `settings.max_rows_per_split`) keeps the first rows of each.
+    """
+    if max_rows_per_split is None:
+        max_rows_per_split = settings.max_rows_per_split
     folder, origin = locate_files(settings)
     log.info("Fashion-MNIST files from %s (%s)", folder, origin)
     ingested_at = datetime.now(UTC)

@@ -37,6 +37,16 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
+@dataclass
+class FitOutcome:
+    """A fitted model (best validation epoch's weights) and how it got there."""
+
+    model: tf.keras.Model
+    best_epoch: int  # 1-based; 0 when there was no validation to choose by
+    val_recall_at_1: float  # -1.0 when there were no validation rows
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
 def training_rows(lake: Lakehouse, table: TableVersion, settings: Settings) -> LabelledImages:
     """The train split, minus the unseen-class protocol's held-out labels."""
     rows = read_split(
@@ -50,6 +60,14 @@ def training_rows(lake: Lakehouse, table: TableVersion, settings: Settings) -> L
     if settings.train.holdout_classes:
         rows = rows.subset(~np.isin(rows.labels, settings.train.holdout_classes))
     return rows
+
+
+def split_validation(
+    rows: LabelledImages, fraction: float
+) -> tuple[LabelledImages, LabelledImages]:
+    """(train, validation): the validation rows are chosen by a stable hash of the row id."""
+    holdout = validation_mask(rows.ids, fraction)
+    return rows.subset(~holdout), rows.subset(holdout)
 
 
 class ValidationRecall(tf.keras.callbacks.Callback):
@@ -66,16 +84,19 @@ class ValidationRecall(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         embeddings = embed(self.model, self.validation.pixels)
         queries = min(self.max_queries, len(embeddings))
-        report = retrieval_report(
-            embeddings[:queries],
-            self.validation.labels[:queries],
-            embeddings,
-            self.validation.labels,
-            recall_at=[1],
-            with_map_at_r=False,
-            exclude_self=True,
-        )
-        recall = report["recall_at_1"]
+        if np.isfinite(embeddings).all():
+            recall = retrieval_report(
+                embeddings[:queries],
+                self.validation.labels[:queries],
+                embeddings,
+                self.validation.labels,
+                recall_at=[1],
+                with_map_at_r=False,
+                exclude_self=True,
+            )["recall_at_1"]
+        else:
+            # A diverged model: NaN scores rank arbitrarily (even "perfectly"); never pick it.
+            recall = float("nan")
         if logs is not None:
             logs["val_recall_at_1"] = recall
         mlflow.log_metric("val_recall_at_1", recall, step=epoch)
@@ -144,14 +165,19 @@ def log_model(model: tf.keras.Model, example: np.ndarray) -> str:
     return info.model_uri
 
 
-def train(
-    settings: Settings, lake: Lakehouse, table: TableVersion, run_name: str = "train"
-) -> TrainResult:
-    """Train on `table` (train split, minus validation rows) and log everything to MLflow."""
+def fit_and_validate(
+    settings: Settings,
+    train_rows: LabelledImages,
+    validation_rows: LabelledImages,
+    extra_callbacks: list[tf.keras.callbacks.Callback] | None = None,
+    verbose: int = 1,
+) -> FitOutcome:
+    """Fit on `train_rows`, keep the epoch with the best validation Recall@1.
+
+    Logs per-epoch metrics to the active MLflow run (the caller owns the run); logs no model,
+    so hyperparameter trials can call it as cheaply as `train` does.
+    """
     tf.keras.utils.set_random_seed(settings.train.seed)
-    rows = training_rows(lake, table, settings)
-    holdout = validation_mask(rows.ids, settings.train.validation_fraction)
-    train_rows, validation_rows = rows.subset(~holdout), rows.subset(holdout)
     if len(np.unique(train_rows.labels)) < 2:
         raise ValueError("training needs at least two classes")
     steps = steps_per_epoch(settings, len(train_rows))
@@ -159,6 +185,35 @@ def train(
         f"training on {len(train_rows)} images ({len(validation_rows)} for validation), "
         f"{settings.train.epochs} epochs × {steps} steps"
     )
+    model = compile_model(settings, total_steps=settings.train.epochs * steps)
+    validation = ValidationRecall(validation_rows, settings.train.validation_queries)
+    callbacks: list[tf.keras.callbacks.Callback] = [*(extra_callbacks or []), MlflowEpochLogger()]
+    if len(validation_rows) > 1:
+        callbacks.insert(0, validation)
+    history = model.fit(
+        make_sampler(train_rows, settings, steps),
+        epochs=settings.train.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    if validation.best_weights is not None:
+        model.set_weights(validation.best_weights)
+    return FitOutcome(
+        model=model,
+        best_epoch=validation.best_epoch + 1,
+        val_recall_at_1=validation.best_recall,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+    )
+
+
+def train(
+    settings: Settings, lake: Lakehouse, table: TableVersion, run_name: str = "train"
+) -> TrainResult:
+    """Train on `table` (train split, minus validation rows) and log everything to MLflow."""
+    rows = training_rows(lake, table, settings)
+    train_rows, validation_rows = split_validation(rows, settings.train.validation_fraction)
+    if len(np.unique(train_rows.labels)) < 2:
+        raise ValueError("training needs at least two classes")
 
     setup_mlflow(settings.mlflow)
     with mlflow.start_run(run_name=run_name) as run:
@@ -173,31 +228,16 @@ def train(
         log_table_input(table, context="training")
         mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(validation_rows)})
 
-        model = compile_model(settings, total_steps=settings.train.epochs * steps)
-        validation = ValidationRecall(validation_rows, settings.train.validation_queries)
-        callbacks: list[tf.keras.callbacks.Callback] = [MlflowEpochLogger()]
-        if len(validation_rows) > 1:
-            callbacks.insert(0, validation)
-        history = model.fit(
-            make_sampler(train_rows, settings, steps),
-            epochs=settings.train.epochs,
-            callbacks=callbacks,
-            verbose=1,
-        )
-        if validation.best_weights is not None:
-            model.set_weights(validation.best_weights)
+        fitted = fit_and_validate(settings, train_rows, validation_rows)
         mlflow.log_metrics(
-            {
-                "best_epoch": validation.best_epoch + 1,
-                "best_val_recall_at_1": validation.best_recall,
-            }
+            {"best_epoch": fitted.best_epoch, "best_val_recall_at_1": fitted.val_recall_at_1}
         )
-        model_uri = log_model(model, train_rows.pixels[:4])
+        model_uri = log_model(fitted.model, train_rows.pixels[:4])
         return TrainResult(
             run_id=run.info.run_id,
             model_uri=model_uri,
             table=table,
-            best_epoch=validation.best_epoch + 1,
-            val_recall_at_1=validation.best_recall,
-            history={key: [float(v) for v in values] for key, values in history.history.items()},
+            best_epoch=fitted.best_epoch,
+            val_recall_at_1=fitted.val_recall_at_1,
+            history=fitted.history,
         )

@@ -1,0 +1,301 @@
+"""Serving latency and throughput: single-image requests to `simrec serve` (bearer token,
+guard, MLflow scoring app), beside in-process `predict` on the same inputs and plain
+`mlflow models serve` of the same registered model; then a 60-second run at concurrency 8
+with the error count and the server's memory before and after.
+
+The model is the default architecture trained briefly in the benchmark itself (latency does
+not depend on how well it is trained); the index is the full 60 000-image train split.
+Load stays on 127.0.0.1, from a thread pool in this process.
+
+    python -m bench.serving [--set train.steps_per_epoch=50 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import psutil
+import pyarrow.compute as pc
+
+from bench.results import record
+from simrec.config import Settings, load_settings
+from simrec.index.build import build_catalog_index
+from simrec.lake.fashion_mnist import ingest_fashion_mnist
+from simrec.lake.tables import Lakehouse
+from simrec.model.train import train
+from simrec.serving.package import package_run, query_frame
+
+WORKSPACE = Path(__file__).resolve().parent / ".work" / "serving"
+QUICK_TRAINING = {
+    "train.epochs": 1,
+    "train.steps_per_epoch": 50,
+    "train.max_rows": 10000,
+    "train.validation_queries": 500,
+}
+QUERY_IMAGES = 200  # distinct test-split images, cycled through
+REQUESTS = {1: 300, 8: 800}  # per measurement, by concurrency
+WARMUP_REQUESTS = 20
+SOAK_SECONDS = 60
+SOAK_CONCURRENCY = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _percentiles(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000
+    return {
+        "requests": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "throughput_rps": round(len(ms) / wall_s, 1),
+    }
+
+
+def _load(call: Callable[[int], bool], requests: int, concurrency: int) -> dict[str, float]:
+    """`requests` calls of `call(i)` from `concurrency` threads; latency of each."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(position: int) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        ok = call(position)
+        elapsed = time.perf_counter() - started
+        with lock:
+            latencies.append(elapsed)
+            errors += not ok
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    result = _percentiles(latencies, time.perf_counter() - started)
+    result["errors"] = errors
+    return result
+
+
+class HttpCaller:
+    """One keep-alive connection per load thread; True when the answer is a 200."""
+
+    def __init__(self, url: str, bodies: list[bytes], token: str | None):
+        self.url = f"{url}/invocations"
+        self.bodies = bodies
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self._local = threading.local()
+
+    def __call__(self, position: int) -> bool:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(timeout=60)
+        try:
+            response = client.post(
+                self.url, content=self.bodies[position % len(self.bodies)], headers=self.headers
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+
+def _measure(call: Callable[[int], bool]) -> dict[str, dict[str, float]]:
+    _load(call, WARMUP_REQUESTS, 1)
+    return {f"c{c}": _load(call, REQUESTS[c], c) for c in (1, 8)}
+
+
+def _rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    rss = process.memory_info().rss + sum(
+        child.memory_info().rss for child in process.children(recursive=True)
+    )
+    return round(rss / 2**20, 1)
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str], url: str, log: Path) -> Iterator[int]:
+    """Start a server process, wait for /ping, yield its pid, stop it."""
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{command[:3]} exited; see {log}")
+                try:
+                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not come up; see {log}")
+                time.sleep(0.5)
+            yield process.pid
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _soak(call: HttpCaller, pid: int) -> dict[str, float]:
+    rss_before = _rss_mb(pid)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + SOAK_SECONDS
+
+    def worker(offset: int) -> None:
+        nonlocal errors
+        position = offset
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            ok = call(position)
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                errors += not ok
+            position += SOAK_CONCURRENCY
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(SOAK_CONCURRENCY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = _percentiles(latencies, time.perf_counter() - started)
+    result.update(errors=errors, rss_mb_before=rss_before, rss_mb_after=_rss_mb(pid))
+    return result
+
+
+def _prepare(settings: Settings) -> tuple[str, list[bytes]]:
+    """Ingest, train briefly, index the full train split, package; the model URI and queries."""
+    lake = Lakehouse(settings.lake.root)
+    ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
+    table = lake.pin(ingested.name, ingested.version)
+    trained = train(settings, lake, table, run_name="bench-serving")
+    build_catalog_index(settings, lake, trained.run_id)
+    packaged = package_run(settings, lake, trained.run_id)
+    rows = lake.read(table.name, table.version, columns=["id", "split", "image"])
+    tests = rows.filter(pc.equal(rows.column("split"), "test")).sort_by("id")
+    return packaged.registry_uri, tests.slice(0, QUERY_IMAGES).column("image").to_pylist()
+
+
+def main(overrides: list[str]) -> dict[str, object]:
+    shutil.rmtree(WORKSPACE, ignore_errors=True)
+    WORKSPACE.mkdir(parents=True)
+    settings = load_settings(
+        overrides={
+            "lake.root": str(WORKSPACE / "lakehouse"),
+            "mlflow.tracking_uri": f"sqlite:///{WORKSPACE / 'mlflow.db'}",
+            "mlflow.artifact_root": str(WORKSPACE / "mlruns"),
+            **QUICK_TRAINING,
+        }
+    ).with_overrides(overrides)
+    model_uri, images = _prepare(settings)
+    frames = [query_frame([image]) for image in images]
+    bodies = [
+        ('{"dataframe_split": ' + frame.to_json(orient="split", index=False) + "}").encode()
+        for frame in frames
+    ]
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    in_process = _measure(lambda i: len(model.predict(frames[i % len(frames)])) > 0)
+
+    bin_dir = str(Path(sys.executable).parent)
+    src_dir = str(Path(__file__).resolve().parents[1] / "src")
+    token = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [src_dir, os.environ.get("PYTHONPATH")])),
+        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
+        "SIMREC_API_TOKEN": token,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    store = [
+        f"--set=mlflow.tracking_uri={settings.mlflow.tracking_uri}",
+        f"--set=mlflow.artifact_root={settings.mlflow.artifact_root}",
+    ]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    simrec_serve = [sys.executable, "-m", "simrec.cli", "serve", "--model-uri", model_uri]
+    with _server(
+        [*simrec_serve, "--port", str(port), *store], env, url, WORKSPACE / "simrec-serve.log"
+    ) as pid:
+        call = HttpCaller(url, bodies, token)
+        guarded = _measure(call)
+        unauthorized = HttpCaller(url, bodies[:1], "wrong-token")(0)
+        soak = _soak(call, pid)
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    mlflow_serve = [
+        str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with _server(mlflow_serve, env, url, WORKSPACE / "mlflow-serve.log"):
+        plain = _measure(HttpCaller(url, bodies, None))
+
+    summary: dict[str, object] = {}
+    for name, measured in (
+        ("simrec_serve", guarded),
+        ("in_process", in_process),
+        ("mlflow_serve", plain),
+    ):
+        for concurrency, numbers in measured.items():
+            for metric in ("p50_ms", "p99_ms", "throughput_rps"):
+                summary[f"{name}_{concurrency}_{metric}"] = numbers[metric]
+    summary.update(
+        {
+            "soak_60s_c8_requests": soak["requests"],
+            "soak_60s_c8_errors": soak["errors"],
+            "soak_60s_c8_p99_ms": soak["p99_ms"],
+            "soak_server_rss_mb_before": soak["rss_mb_before"],
+            "soak_server_rss_mb_after": soak["rss_mb_after"],
+        }
+    )
+    result = {
+        "summary": summary,
+        "simrec_serve": guarded,
+        "in_process": in_process,
+        "mlflow_serve": plain,
+        "soak": soak,
+        "wrong_token_rejected": not unauthorized,
+        "setup": {
+            "requests": "single image (a 28×28 Fashion-MNIST test PNG), k=5, thumbnails on",
+            "index": "flat inner-product, full train split (60 000 items)",
+            "model": "default architecture, trained briefly here: latency only, not quality",
+            "load": "thread pool in the benchmark process, keep-alive httpx clients, loopback",
+            "servers": "one uvicorn worker each, access log on (the defaults)",
+            "overrides": {**QUICK_TRAINING, **dict(o.split("=", 1) for o in overrides)},
+        },
+    }
+    record("serving", result)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    print(main(parser.parse_args().overrides))

@@ -1,0 +1,57 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # simrec: hyperparameter search
+# MAGIC Thin over `simrec.tuning.search.tune`: the same search as `simrec tune`. Trials run as
+# MAGIC Spark jobs (`SparkTrials`) on this notebook's Spark session, each one a nested MLflow run
+# MAGIC under one parent run; the best knobs go to `best.yaml` for `simrec train --params`.
+# MAGIC The search space is `tuning.space` in `conf/simrec.yaml`; see the README.
+
+# COMMAND ----------
+
+from simrec.config import load_settings
+from simrec.lake.tables import Lakehouse
+from simrec.spark import get_spark
+from simrec.tuning.search import tune
+
+# Overrides for a quick search; drop them for the configured space and budget.
+settings = load_settings(
+    overrides={
+        "tuning.max_evals": 8,
+        "tuning.parallelism": 2,
+        "train.max_rows": 10000,
+        "tuning.space.train.epochs": {"type": "choice", "options": [2, 3]},
+        "tuning.space.train.steps_per_epoch": {"type": "choice", "options": [100, 200]},
+    }
+)
+lake = Lakehouse(settings.lake.root)
+table = lake.pin(settings.lake.fashion_table)  # run notebook 01 (or `simrec ingest`) first
+spark = get_spark(settings.spark)  # on Databricks: the cluster's session
+
+# COMMAND ----------
+
+result = tune(settings, lake, table, spark=spark)
+print(f"best validation Recall@1 {result.best_val_recall_at_1:.4f}: {result.best_params}")
+
+# COMMAND ----------
+
+import pandas as pd  # noqa: E402
+
+pd.DataFrame(
+    [
+        {"trial": t.tid, "status": t.status, "val_recall_at_1": t.val_recall_at_1, **t.params}
+        for t in result.trials
+    ]
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC Train the final model: the configured defaults plus the best knobs, on all the rows
+# MAGIC (what `simrec train --params best.yaml` does).
+
+# COMMAND ----------
+
+from simrec.model.train import train  # noqa: E402
+
+final = train(load_settings(overrides=result.best_params), lake, table, run_name="train-best")
+print(f"run {final.run_id}: validation Recall@1 {final.val_recall_at_1:.4f}")

@@ -1,0 +1,330 @@
+"""The authenticated REST server: MLflow's FastAPI scoring app behind an ASGI guard.
+
+The guard requires `Authorization: Bearer <token>` on everything except /ping, /health and
+/version, limits the body size, takes JSON only, rejects what MLflow would accept silently or
+answer with a 500 (extra columns, non-integer k, a missing content type), and turns every
+error response into `{"error_code", "message"}` JSON without MLflow's server-side stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
+from mlflow.types.schema import DataType, Schema
+
+from simrec.serving.tokens import TokenError
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/ping", "/health", "/version"})
+INVOCATIONS = "/invocations"
+REQUEST_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+JSON_TYPE = "application/json"
+MAX_MESSAGE_CHARS = 2000
+_INTEGER_TYPES = (DataType.integer, DataType.long)
+_STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "REQUEST_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    504: "TIMEOUT",
+}
+# MLflow wraps a model's own error message in a repr of the whole input frame.
+_PREDICT_PREFIX = re.compile(r"^Failed to predict data '.*?'\. \nError: ", re.S)
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str, code: str | None = None) -> bytes:
+    code = code or _STATUS_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    return json.dumps({"error_code": code, "message": message[:MAX_MESSAGE_CHARS]}).encode()
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_json(send, status, error_body(status, message), headers)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _describe_schema(schema: Schema) -> str:
+    return ", ".join(
+        f"{spec.name} ({spec.type.name}, {'required' if spec.required else 'optional'})"
+        for spec in schema.inputs
+    )
+
+
+def _columns(parsed: Any) -> dict[str, list[Any]] | None:
+    """Column name → values of a parsed request, or None when it has no named columns."""
+    if isinstance(parsed, pd.DataFrame):
+        return {str(column): parsed[column].tolist() for column in parsed.columns}
+    if isinstance(parsed, dict):
+        columns = {}
+        for name, values in parsed.items():
+            values = values.tolist() if hasattr(values, "tolist") else values
+            columns[str(name)] = values if isinstance(values, list) else [values]
+        return columns
+    return None
+
+
+def check_invocation(body: bytes, schema: Schema | None) -> None:
+    """Reject a JSON scoring request that MLflow would misread, with a message saying why.
+
+    Parsing is MLflow's own (`infer_and_parse_data`), so the formats stay exactly MLflow's.
+    """
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(400, f"the request body is not valid JSON: {error}") from None
+    if not isinstance(request, dict):
+        raise RequestError(
+            400, f"the request must be a JSON object with one of the keys {list(REQUEST_FORMATS)}"
+        )
+    formats = [key for key in request if key in REQUEST_FORMATS]
+    unknown_keys = [key for key in request if key not in REQUEST_FORMATS and key != "params"]
+    if len(formats) != 1 or unknown_keys:
+        raise RequestError(
+            400,
+            f"the request must hold exactly one of {list(REQUEST_FORMATS)} (and optionally "
+            f"'params'); got keys {list(request)}",
+        )
+    if "params" in request and not isinstance(request["params"], dict):
+        raise RequestError(400, "'params' must be a JSON object")
+    if schema is None or not schema.has_input_names():
+        return
+    try:
+        parsed = infer_and_parse_data({formats[0]: request[formats[0]]})
+    except MlflowException as error:
+        raise RequestError(400, error.message) from None
+    columns = _columns(parsed)
+    expected = f"this model takes {_describe_schema(schema)}"
+    if columns is None:
+        raise RequestError(400, f"the request has no named columns; {expected}")
+    names = schema.input_names()
+    unknown = [name for name in columns if name not in names]
+    missing = [name for name in schema.required_input_names() if name not in columns]
+    if unknown or missing:
+        problems = [f"unknown column(s) {unknown}"] if unknown else []
+        problems += [f"missing column(s) {missing}"] if missing else []
+        raise RequestError(400, f"{' and '.join(problems)}; {expected}")
+    for spec in schema.inputs:
+        if spec.type in _INTEGER_TYPES and spec.name in columns:
+            for row, value in enumerate(columns[spec.name]):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise RequestError(
+                        400,
+                        f"column {spec.name!r} must hold integers, got {value!r} in row {row}"
+                        + ("" if spec.required else " (or leave the column out)"),
+                    )
+                if not -(2**63) <= value < 2**63:
+                    raise RequestError(
+                        400, f"column {spec.name!r}: {value} in row {row} is out of range"
+                    )
+
+
+def _clean_error(status: int, body: bytes) -> bytes:
+    """MLflow's error response as `{"error_code", "message"}`: no stack trace, no input dump."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and "message" in payload:
+        message = _PREDICT_PREFIX.sub("", str(payload["message"]), count=1)
+        return error_body(status, message, payload.get("error_code"))
+    text = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    return error_body(status, text)
+
+
+class GuardedApp:
+    """ASGI wrapper: bearer-token auth, body-size limit, request checks, clean JSON errors."""
+
+    def __init__(
+        self, app: ASGIApp, token: str, max_body_bytes: int, input_schema: Schema | None = None
+    ):
+        if not token:
+            raise TokenError("an API token is required")
+        self.app = app
+        self._token = token.encode()
+        self.max_body_bytes = max_body_bytes
+        self.input_schema = input_schema
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = _header(scope, b"authorization") or ""
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # Constant time: a wrong token takes as long to reject as a nearly right one.
+        return hmac.compare_digest(presented.strip().encode("latin-1"), self._token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # websockets: nothing here speaks them
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if not self._authorized(scope):
+            await send_json_error(
+                send,
+                401,
+                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                [(b"www-authenticate", b'Bearer realm="simrec"')],
+            )
+            return
+        try:
+            body = await self._read_body(scope, receive)
+            if scope["path"] == INVOCATIONS and scope["method"] == "POST":
+                await self._check(scope, body)
+        except RequestError as error:
+            headers = [(b"connection", b"close")] if error.status == 413 else None
+            await send_json_error(send, error.status, error.message, headers)
+            return
+        await self._forward(scope, body, receive, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        too_large = RequestError(
+            413, f"the request body exceeds the limit of {self.max_body_bytes} bytes"
+        )
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _check(self, scope: Scope, body: bytes) -> None:
+        content_type = _header(scope, b"content-type") or ""
+        if content_type.split(";")[0].strip().lower() != JSON_TYPE:
+            # MLflow would also take CSV and parquet, but not check their columns.
+            raise RequestError(
+                415,
+                f"send Content-Type: {JSON_TYPE} with one of {list(REQUEST_FORMATS)}; "
+                f"got {content_type or 'no Content-Type'!r}",
+            )
+        # JSON parsing of a large body should not stall the event loop.
+        await asyncio.to_thread(check_invocation, body, self.input_schema)
+
+    async def _forward(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        held: Message | None = None
+        held_body: list[bytes] = []
+        started = False
+
+        async def clean_errors(message: Message) -> None:
+            nonlocal held, started
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400:
+                    held = message
+                    return
+                started = True
+            elif message["type"] == "http.response.body" and held is not None:
+                held_body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                status, held = held["status"], None
+                started = True
+                await send_json(send, status, _clean_error(status, b"".join(held_body)))
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, replay, clean_errors)
+        except Exception:
+            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            if not started:
+                await send_json_error(send, 500, "internal error; see the server log")
+
+
+def create_app(model: PyFuncModel, token: str, max_body_bytes: int) -> GuardedApp:
+    """MLflow's scoring app for `model`, behind the guard."""
+    from mlflow.pyfunc import scoring_server
+
+    return GuardedApp(
+        scoring_server.init(model), token, max_body_bytes, model.metadata.get_input_schema()
+    )
+
+
+def serve(
+    model_uri: str,
+    token: str,
+    host: str,
+    port: int,
+    max_body_bytes: int,
+    log_level: str = "info",
+) -> None:
+    """Load `model_uri` and serve it until interrupted (blocking)."""
+    import mlflow
+    import uvicorn
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    app = create_app(model, token, max_body_bytes)
+    log.info("serving %s on http://%s:%d", model_uri, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,120 @@
+"""The style build step: catalog at pinned versions → style vectors (PCA fitted on the catalog)
+→ per-category indexes → a saved bundle, logged to MLflow with its lineage."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from simrec.config import Settings
+from simrec.lake.tables import Lakehouse
+from simrec.style.bundle import StyleBundle, StyleEncoder
+from simrec.style.catalog import StyleCatalog, read_style_catalog
+from simrec.style.features import StyleFeaturizer
+from simrec.style.indexes import CategoryIndexes
+from simrec.tracking import log_table_input, setup_mlflow
+
+log = logging.getLogger(__name__)
+
+BUNDLE_ARTIFACT = "style"
+STEP_TAG = "simrec.step"
+BUNDLE_TAG = "simrec.style.bundle"
+
+
+@dataclass
+class StyleBuildResult:
+    run_id: str | None
+    folder: Path
+    bundle: StyleBundle
+    catalog: StyleCatalog
+    seconds: float
+
+
+def bundle_meta(kind: str, catalog: StyleCatalog, featurizer: StyleFeaturizer) -> dict:
+    return {
+        "kind": kind,
+        "items_table": catalog.items_table.as_dict(),
+        "item_rooms_table": catalog.item_rooms_table.as_dict(),
+        "weights_source": featurizer.backbone.weights_source,
+        "layers": featurizer.backbone.layers,
+        "image_size": featurizer.image_size,
+        "style_dim": featurizer.dim,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def fit_style_bundle(
+    settings: Settings, catalog: StyleCatalog, pixels: np.ndarray | None = None
+) -> StyleBundle:
+    """Fit the featurizer on the catalog's images and index every item by category."""
+    featurizer = StyleFeaturizer(settings.style)
+    if pixels is None:
+        pixels = catalog.pixels(featurizer.image_size)
+    print(
+        f"style features of {len(catalog)} items ({featurizer.backbone.weights_source}, "
+        f"{featurizer.image_size}px, layers {', '.join(settings.style.layers)})"
+    )
+    vectors = featurizer.fit_transform(pixels)
+    indexes = CategoryIndexes.build(catalog.ids, catalog.categories, vectors, settings.style.metric)
+    return StyleBundle(
+        encoder=StyleEncoder(featurizer),
+        indexes=indexes,
+        items=catalog.items_frame(),
+        vectors=vectors,
+        meta=bundle_meta("gram", catalog, featurizer),
+    )
+
+
+def log_bundle(
+    settings: Settings, bundle: StyleBundle, catalog: StyleCatalog, folder: Path
+) -> None:
+    """Params, lineage and the bundle folder, into the active MLflow run."""
+    mlflow.log_params({k: v for k, v in settings.flat().items() if k.startswith("style.")})
+    log_table_input(catalog.items_table, context="style_catalog")
+    log_table_input(catalog.item_rooms_table, context="style_rooms")
+    mlflow.log_params(
+        {
+            "style_weights_source": bundle.meta["weights_source"],
+            "style_dim": bundle.vectors.shape[1],
+            "style_items": len(bundle.items),
+        }
+    )
+    mlflow.log_artifacts(str(folder), artifact_path=BUNDLE_ARTIFACT)
+    mlflow.set_tag(BUNDLE_TAG, bundle.meta["kind"])
+
+
+def build_style(
+    settings: Settings,
+    lake: Lakehouse,
+    items_version: int | None = None,
+    item_rooms_version: int | None = None,
+    output_dir: Path | None = None,
+    track: bool = True,
+) -> StyleBuildResult:
+    started = time.perf_counter()
+    catalog = read_style_catalog(
+        lake, settings.lake, items_version, item_rooms_version, settings.style.categories or None
+    )
+    if not len(catalog):
+        raise ValueError("the catalog table holds no items of the configured categories")
+    bundle = fit_style_bundle(settings, catalog)
+    folder = bundle.save(Path(output_dir or tempfile.mkdtemp(prefix="simrec-style-")))
+    seconds = time.perf_counter() - started
+    run_id = None
+    if track:
+        setup_mlflow(settings.mlflow)
+        with mlflow.start_run(run_name="style-build") as run:
+            mlflow.set_tag(STEP_TAG, "style_build")
+            log_bundle(settings, bundle, catalog, folder)
+            mlflow.log_metric("style_build_seconds", seconds)
+            run_id = run.info.run_id
+    counts = ", ".join(f"{c} {len(i)}" for c, i in bundle.indexes.indexes.items())
+    print(f"style indexes: {counts} ({seconds:.0f} s); bundle in {folder}")
+    return StyleBuildResult(run_id, folder, bundle, catalog, seconds)

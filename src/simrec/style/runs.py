@@ -1,0 +1,37 @@
+"""Finding a style run in MLflow and loading its bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+
+from simrec.style.build import BUNDLE_ARTIFACT, BUNDLE_TAG
+from simrec.style.bundle import StyleBundle
+
+
+def latest_style_run_id(experiment: str, kind: str | None = None) -> str:
+    """The newest finished run with a style bundle (`kind`: "gram" or "learned", or either)."""
+    query = f"tags.`{BUNDLE_TAG}` {'= ' + repr(kind) if kind else 'LIKE ' + repr('%')}"
+    query += " and attributes.status = 'FINISHED'"
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=query,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise LookupError(
+            f"no finished style run in experiment {experiment!r}; run `simrec style build` "
+            "(or `simrec style train`) first"
+        )
+    return runs[0].info.run_id
+
+
+def bundle_folder(run_id: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT))
+
+
+def load_run_bundle(run_id: str) -> StyleBundle:
+    return StyleBundle.load(bundle_folder(run_id))

