@@ -8,8 +8,8 @@ PYTEST_ARGS ?=
 setup:            ## virtualenv + pinned dependencies + Horovod + simrec (and Fashion-MNIST via apt)
 	bash scripts/install.sh
 
-setup-dev:
-	bash scripts/install.sh --dev
+setup-dev:        ## + test tools and Debian chromium (the app's browser test)
+	bash scripts/install.sh --dev --browser
 
 demo: setup       ## the main job end to end on the embedded defaults
 	$(BIN)/simrec pipeline

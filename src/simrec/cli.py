@@ -515,6 +515,24 @@ def query(
         typer.echo(f"{item.rank:>4}  {item.item_id:<20} {item.label!s:<14} {item.distance:.4f}")
 
 
+@app.command("app")
+def run_app(
+    address: Annotated[str | None, typer.Option(help="Bind address (default app.address).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default app.port).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The Streamlit demo: fashion look-alikes and furniture "complete the look"."""
+    from simrec.app.launch import streamlit_command, streamlit_env
+
+    settings = _settings(config, set_)
+    command = streamlit_command(
+        address or settings.app.address, port or settings.app.port, config, set_ or []
+    )
+    # exec: signals (Ctrl-C, the container's SIGTERM) reach streamlit itself.
+    os.execve(command[0], command, streamlit_env())
+
+
 @app.command()
 def pipeline(
     skip_catalog: Annotated[bool, typer.Option(help="Skip the IKEA catalog ingest.")] = False,
