@@ -11,8 +11,11 @@ setup:            ## virtualenv + pinned dependencies + Horovod + simrec (and Fa
 setup-dev:        ## + test tools and Debian chromium (the app's browser test)
 	bash scripts/install.sh --dev --browser
 
-demo: setup       ## the main job end to end on the embedded defaults
+SERVE ?= 1
+
+demo: setup       ## the main job end to end on the embedded defaults, then serve model + app
 	$(BIN)/simrec pipeline
+	if [ "$(SERVE)" = 1 ]; then bash scripts/serve_demo.sh; fi
 
 test: setup-dev   ## lint, then every test, slow ones included (what CI runs)
 	$(BIN)/ruff check src tests
