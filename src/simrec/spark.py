@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -15,6 +16,10 @@ def get_spark(settings: SparkSettings) -> SparkSession:
     if settings.local_ip:
         # Without this local Spark binds the external interface.
         os.environ.setdefault("SPARK_LOCAL_IP", settings.local_ip)
+    if settings.master.startswith("local"):
+        # Python workers (pandas UDFs) must run this interpreter, whose packages they import;
+        # otherwise Spark starts whatever `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
     if settings.local_ip:
         builder = builder.config("spark.driver.bindAddress", settings.local_ip).config(
