@@ -126,6 +126,19 @@ class ServingSettings(_Section):
     client_timeout_s: float = 30.0
 
 
+class ReindexSettings(_Section):
+    alias: str | None = "champion"
+    embed_batch_size: int = Field(512, gt=0)
+
+
+class BatchSettings(_Section):
+    output_table: str = "batch_recommendations"
+    k: int = Field(5, gt=0)
+    rows: Literal["catalog", "all"] = "catalog"
+    partitions: int | None = Field(None, gt=0)
+    embed_batch_size: int = Field(512, gt=0)
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -138,6 +151,8 @@ class Settings(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     def flat(self) -> dict[str, Any]:
         """The effective config as dotted keys, for MLflow params."""
