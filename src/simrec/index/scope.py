@@ -65,9 +65,12 @@ class CatalogScope:
     @property
     def columns(self) -> list[str]:
         """The columns the rule reads."""
-        return [SPLIT_COLUMN] * (self.split is not None) + [LABEL_COLUMN] * (
-            self.labels is not None
-        )
+        columns = []
+        if self.split is not None:
+            columns.append(SPLIT_COLUMN)
+        if self.labels is not None:
+            columns.append(LABEL_COLUMN)
+        return columns
 
     def mask(self, rows: pa.Table) -> pa.ChunkedArray | pa.Array:
         """True for the rows of `rows` that are catalog items."""
