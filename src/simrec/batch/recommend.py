@@ -96,21 +96,26 @@ def recommend_batch(
     batch_size: int,
 ) -> pd.DataFrame:
     """(item_id, rank, recommended_item_id, distance) rows: the k nearest items of each image,
-    its own id left out. `batch_size` images are decoded and embedded at a time."""
-    config = searcher.config
-    frames = []
-    for start in range(0, len(item_ids), batch_size):
-        pixels = decode_batch(
-            images[start : start + batch_size],
-            config.image_size,
-            config.channels,
-            config.max_image_pixels,
-        )
-        found, distances = searcher.search(pixels, k + 1)
-        frames.append(_drop_self(item_ids[start : start + batch_size], found, distances, k))
-    if not frames:
+    its own id left out. Images are decoded and embedded `batch_size` at a time, then searched
+    all at once (faiss is several times faster per query on large query batches)."""
+    if not item_ids:
         return RESULT_SCHEMA.empty_table().to_pandas()
-    return pd.concat(frames, ignore_index=True)
+    config = searcher.config
+    embeddings = np.concatenate(
+        [
+            searcher.embed(
+                decode_batch(
+                    images[start : start + batch_size],
+                    config.image_size,
+                    config.channels,
+                    config.max_image_pixels,
+                )
+            )
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+    found, distances = searcher.search_embeddings(embeddings, k + 1)
+    return _drop_self(item_ids, found, distances, k)
 
 
 def _drop_self(
