@@ -14,6 +14,7 @@ from bench.results import render_readme
 BENCHMARKS: dict[str, str] = {
     "fashion_quality": "bench.quality",
     "serving": "bench.serving",
+    "catalog_updates": "bench.reindex",
 }
 
 
