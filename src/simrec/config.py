@@ -255,6 +255,19 @@ class TuningSettings(_Section):
         }
 
 
+class ReindexSettings(_Section):
+    alias: str | None = "champion"
+    embed_batch_size: int = Field(512, gt=0)
+
+
+class BatchSettings(_Section):
+    output_table: str = "batch_recommendations"
+    k: int = Field(5, gt=0)
+    rows: Literal["catalog", "all"] = "catalog"
+    partitions: int | None = Field(None, gt=0)
+    embed_batch_size: int = Field(512, gt=0)
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -270,6 +283,8 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
     app: AppSettings = Field(default_factory=AppSettings)
+    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @model_validator(mode="after")
     def _check_tuning_knobs(self) -> Settings:
