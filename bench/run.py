@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "bench.serving",
     "tuning": "bench.tuning",
     "catalog_updates": "bench.reindex",
+    "distributed": "bench.distributed",
 }
 
 

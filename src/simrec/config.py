@@ -93,6 +93,20 @@ class TrainSettings(_Section):
     holdout_classes: list[int] = Field(default_factory=list)
 
 
+class DistributedSettings(_Section):
+    """Horovod-on-Spark data-parallel training (`simrec train --distributed`)."""
+
+    num_proc: int = 2
+    scale_learning_rate: bool = True
+    batch_per_worker: int | None = None
+    reader: Literal["pyarrow", "petastorm"] = "pyarrow"
+    read_batch_rows: int = 1024
+    shuffle_buffer_rows: int = 2000
+    checkpoint_dir: Path | None = None
+    nics: list[str] | None = None
+    start_timeout_s: int = 600
+
+
 class IndexSettings(_Section):
     kind: Literal["flat", "hnsw", "ivf"] = "flat"
     metric: Literal["ip", "l2"] = "ip"
@@ -276,6 +290,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     recommend: RecommendSettings = Field(default_factory=RecommendSettings)
