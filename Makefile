@@ -8,11 +8,14 @@ PYTEST_ARGS ?=
 setup:            ## virtualenv + pinned dependencies + Horovod + simrec (and Fashion-MNIST via apt)
 	bash scripts/install.sh
 
-setup-dev:
-	bash scripts/install.sh --dev
+setup-dev:        ## + test tools and Debian chromium (the app's browser test)
+	bash scripts/install.sh --dev --browser
 
-demo: setup       ## the main job end to end on the embedded defaults
+SERVE ?= 1
+
+demo: setup       ## the main job end to end on the embedded defaults, then serve model + app
 	$(BIN)/simrec pipeline
+	if [ "$(SERVE)" = 1 ]; then bash scripts/serve_demo.sh; fi
 
 test: setup-dev   ## lint, then every test, slow ones included (what CI runs)
 	$(BIN)/ruff check src tests

@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "style": "bench.style",
     "serving": "bench.serving",
     "tuning": "bench.tuning",
+    "catalog_updates": "bench.reindex",
     "distributed": "bench.distributed",
 }
 

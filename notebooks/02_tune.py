@@ -13,16 +13,7 @@ from simrec.lake.tables import Lakehouse
 from simrec.spark import get_spark
 from simrec.tuning.search import tune
 
-# Overrides for a quick search; drop them for the configured space and budget.
-settings = load_settings(
-    overrides={
-        "tuning.max_evals": 8,
-        "tuning.parallelism": 2,
-        "train.max_rows": 10000,
-        "tuning.space.train.epochs": {"type": "choice", "options": [2, 3]},
-        "tuning.space.train.steps_per_epoch": {"type": "choice", "options": [100, 200]},
-    }
-)
+settings = load_settings()  # the budget and the space: the `tuning` section of the config
 lake = Lakehouse(settings.lake.root)
 table = lake.pin(settings.lake.fashion_table)  # run notebook 01 (or `simrec ingest`) first
 spark = get_spark(settings.spark)  # on Databricks: the cluster's session
@@ -53,5 +44,5 @@ pd.DataFrame(
 
 from simrec.model.train import train  # noqa: E402
 
-final = train(load_settings(overrides=result.best_params), lake, table, run_name="train-best")
+final = train(settings.with_overrides(result.best_params), lake, table, run_name="train-best")
 print(f"run {final.run_id}: validation Recall@1 {final.val_recall_at_1:.4f}")

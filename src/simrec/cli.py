@@ -34,6 +34,14 @@ TokenFileOption = Annotated[
 RunOption = Annotated[
     str | None, typer.Option("--run-id", help="Training run (default: the newest finished one).")
 ]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Registered model version, models:/NAME@ALIAS or models:/NAME/N "
+        "(default models:/<serving.registered_model>@<serving.alias>).",
+    ),
+]
 
 
 def _settings(config: Path | None, overrides: list[str] | None):
@@ -48,6 +56,11 @@ def _settings(config: Path | None, overrides: list[str] | None):
 def _fail(error: Exception) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=1)
+
+
+def _model_uri(settings, model_uri: str | None) -> str:
+    serving = settings.serving
+    return model_uri or f"models:/{serving.registered_model}@{serving.alias}"
 
 
 def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
@@ -458,6 +471,13 @@ def package(
     alias: Annotated[
         str | None, typer.Option(help="Alias for the new version (default serving.alias).")
     ] = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            help="Embed this table's catalog rows with the run's weights (e.g. catalog_items) "
+            "instead of using the run's own index."
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -467,15 +487,87 @@ def package(
     from simrec.serving.package import package_run
 
     settings = _settings(config, set_)
-    run_id = _run_id(settings, run_id, require_index=True)
+    run_id = _run_id(settings, run_id, require_index=table is None)
     try:
-        result = package_run(settings, Lakehouse(settings.lake.root), run_id, register, alias)
-    except (LookupError, TableMissingError, IndexMismatchError) as error:
+        result = package_run(
+            settings, Lakehouse(settings.lake.root), run_id, register, alias, table
+        )
+    except (LookupError, TableMissingError, IndexMismatchError, ValueError) as error:
         _fail(error)
     typer.echo(
         f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
         f"items, from run {run_id}): {result.registry_uri}"
     )
+
+
+@app.command()
+def reindex(
+    model: ModelOption = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(help="Alias to point at the new version (default reindex.alias; '' none)."),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Re-embed every catalog row instead of reading the changes."),
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Bring a registered model up to date with its Delta table, without retraining: embed
+    the rows inserted since its recorded version, drop the deleted ones, register the result."""
+    from simrec.index.faiss_index import IndexMismatchError
+    from simrec.index.reindex import reindex as reindex_model
+    from simrec.lake.tables import ChangeFeedError
+
+    settings = _settings(config, set_)
+    try:
+        result = reindex_model(settings, _model_uri(settings, model), alias, full)
+    except (LookupError, ValueError, ChangeFeedError, IndexMismatchError) as error:
+        _fail(error)
+    typer.echo(result.summary())
+
+
+@app.command("batch-recommend")
+def batch_recommend(
+    model: ModelOption = None,
+    table: Annotated[
+        str | None, typer.Option(help="Table to recommend for (default: the model's own).")
+    ] = None,
+    table_version: Annotated[
+        int | None,
+        typer.Option(help="Its Delta version (default: the model's, else the latest)."),
+    ] = None,
+    output_table: Annotated[
+        str | None, typer.Option(help="Delta table to write (default batch.output_table).")
+    ] = None,
+    k: Annotated[int | None, typer.Option("-k", help="Recommendations per item.")] = None,
+    all_rows: Annotated[
+        bool, typer.Option("--all-rows", help="Every row, not only the model's catalog rows.")
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The k most similar items of every row of a table, on Spark, into a Delta table."""
+    from simrec.batch.recommend import batch_recommend as recommend_table
+    from simrec.spark import get_spark
+
+    settings = _settings(config, set_)
+    if all_rows:
+        settings = settings.with_overrides({"batch.rows": "all"})
+    try:
+        result = recommend_table(
+            settings,
+            get_spark(settings.spark),
+            _model_uri(settings, model),
+            table,
+            table_version,
+            output_table,
+            k,
+        )
+    except (LookupError, ValueError) as error:
+        _fail(error)
+    typer.echo(result.summary())
 
 
 @app.command()
@@ -503,7 +595,7 @@ def serve(
         _fail(error)
     setup_mlflow(settings.mlflow)
     run_server(
-        model_uri or f"models:/{serving.registered_model}@{serving.alias}",
+        _model_uri(settings, model_uri),
         token,
         host or serving.host,
         port or serving.port,
@@ -537,6 +629,24 @@ def query(
     typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")
     for item in items:
         typer.echo(f"{item.rank:>4}  {item.item_id:<20} {item.label!s:<14} {item.distance:.4f}")
+
+
+@app.command("app")
+def run_app(
+    address: Annotated[str | None, typer.Option(help="Bind address (default app.address).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default app.port).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The Streamlit demo: fashion look-alikes and furniture "complete the look"."""
+    from simrec.app.launch import streamlit_command, streamlit_env
+
+    settings = _settings(config, set_)
+    command = streamlit_command(
+        address or settings.app.address, port or settings.app.port, config, set_ or []
+    )
+    # exec: signals (Ctrl-C, the container's SIGTERM) reach streamlit itself.
+    os.execve(command[0], command, streamlit_env())
 
 
 @app.command()

@@ -201,6 +201,23 @@ class ServingSettings(_Section):
     client_timeout_s: float = 30.0
 
 
+class AppSettings(_Section):
+    """`simrec app`: the Streamlit demo. A null URL means the registered model in-process."""
+
+    port: int = 8501
+    address: str = "127.0.0.1"
+    api_url: str | None = None
+    api_url_env: str = "SIMREC_API_URL"
+    style_api_url: str | None = None
+    style_api_url_env: str = "SIMREC_STYLE_API_URL"
+    token_env: str = "SIMREC_API_TOKEN"
+    fashion_model_uri: str = "models:/simrec-fashion@champion"
+    style_model_uri: str = "models:/simrec-style@champion"
+    sample_grid: int = 12
+    grid_columns: int = 6
+    max_upload_bytes: int = 10 * 2**20
+
+
 class SearchDimension(_Section):
     """One knob's search distribution, as data; `simrec.tuning.space` turns it into hyperopt.
 
@@ -252,6 +269,19 @@ class TuningSettings(_Section):
         }
 
 
+class ReindexSettings(_Section):
+    alias: str | None = "champion"
+    embed_batch_size: int = Field(512, gt=0)
+
+
+class BatchSettings(_Section):
+    output_table: str = "batch_recommendations"
+    k: int = Field(5, gt=0)
+    rows: Literal["catalog", "all"] = "catalog"
+    partitions: int | None = Field(None, gt=0)
+    embed_batch_size: int = Field(512, gt=0)
+
+
 class Settings(_Section):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
@@ -267,6 +297,9 @@ class Settings(_Section):
     style: StyleSettings = Field(default_factory=StyleSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     tuning: TuningSettings = Field(default_factory=TuningSettings)
+    app: AppSettings = Field(default_factory=AppSettings)
+    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @model_validator(mode="after")
     def _check_tuning_knobs(self) -> Settings:

@@ -143,6 +143,16 @@ class SimrecClient:
             results[int(row["query"])].append(_item(row))
         return [sorted(items, key=lambda item: item.rank) for items in results]
 
+    def predict(
+        self, records: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Any served model's raw output rows for `dataframe_records` input (e.g. simrec-style,
+        whose rows carry `categories`); raises the same errors as `similar`."""
+        request: dict[str, Any] = {"dataframe_records": records}
+        if params:
+            request["params"] = params
+        return self._invoke(request)["predictions"]
+
     def _invoke(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._http.post(INVOCATIONS, json=request)

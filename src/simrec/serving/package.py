@@ -1,12 +1,14 @@
-"""The package step: bundle a training run's embedding model, faiss index, item metadata and
-thumbnails into one MLflow pyfunc model, log it with lineage, register it and set an alias.
+"""The package step: bundle an embedding model, its faiss index, item metadata and thumbnails
+into one MLflow pyfunc model, log it with lineage, register it and set an alias.
+
+`package_run` bundles a training run; `simrec.index.reindex` re-bundles a registered version
+after the catalog changed. Both go through `embed_catalog` / `register_bundle` here.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 import tempfile
 import warnings
@@ -17,6 +19,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
 from mlflow.models import infer_signature
@@ -26,12 +29,21 @@ from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 import simrec
-from simrec.config import Settings
+from simrec.config import IndexSettings, Settings
 from simrec.images import open_image
-from simrec.index.faiss_index import META_FILE
-from simrec.lake.tables import Lakehouse
+from simrec.index.faiss_index import EmbeddingIndex, build_index
+from simrec.index.scope import IMAGE_COLUMN as TABLE_IMAGE_COLUMN
+from simrec.index.scope import KEY_COLUMN, CatalogScope, metadata_columns
+from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.runs import INDEX_ARTIFACT as RUN_INDEX_ARTIFACT
-from simrec.runs import ITEMS_FILE, load_embedding_model, training_table
+from simrec.runs import ITEMS_FILE, latest_run_id, load_embedding_model, training_table
+from simrec.serving.bundle import (
+    BundleNotFoundError,
+    Embedder,
+    embed_images,
+    resolve_version,
+    saved_model_embedder,
+)
 from simrec.serving.pyfunc import (
     EMBEDDING_MODEL_ARTIFACT,
     IMAGE_COLUMN,
@@ -79,6 +91,29 @@ class PackageResult:
         if self.alias:
             return f"models:/{self.registered_name}@{self.alias}"
         return f"models:/{self.registered_name}/{self.version}"
+
+
+@dataclass
+class CatalogBundle:
+    """The parts of a bundle that follow the catalog: the index, and the metadata and
+    thumbnails of exactly the items it holds."""
+
+    index: EmbeddingIndex
+    items: pd.DataFrame  # id + metadata columns, one row per searchable item
+    thumbnails: pd.DataFrame  # id, thumbnail (PNG bytes)
+
+    def write(self, folder: Path) -> dict[str, str]:
+        """Save the three artifacts under `folder`; their paths by bundle artifact key."""
+        index_dir = self.index.save(folder / "index")
+        items_file = folder / "items.parquet"
+        self.items.to_parquet(items_file, index=False)
+        thumbnails_file = folder / "thumbnails.parquet"
+        self.thumbnails.to_parquet(thumbnails_file, index=False)
+        return {
+            INDEX_ARTIFACT: str(index_dir),
+            ITEMS_ARTIFACT: str(items_file),
+            THUMBNAILS_ARTIFACT: str(thumbnails_file),
+        }
 
 
 def runtime_requirements() -> list[str]:
@@ -131,6 +166,71 @@ def bundle_signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignat
         ]
     )
     return signature
+
+
+def embed_catalog(
+    rows: pa.Table,
+    embedder: Embedder,
+    config: BundleConfig,
+    index_settings: IndexSettings,
+    item_columns: list[str],
+    thumbnail_size: int,
+    batch_size: int,
+) -> CatalogBundle:
+    """A fresh bundle catalog from table rows (`id`, `image` and `item_columns`): every row
+    embedded and indexed, its metadata and a thumbnail kept."""
+    if rows.num_rows == 0:
+        raise ValueError("the catalog holds no rows: nothing to index")
+    item_ids = [str(item_id) for item_id in rows.column(KEY_COLUMN).to_pylist()]
+    images = rows.column(TABLE_IMAGE_COLUMN).to_pylist()
+    embeddings = embed_images(embedder, images, config, batch_size)
+    return CatalogBundle(
+        index=build_index(item_ids, embeddings, index_settings),
+        items=item_frame(rows, item_columns),
+        thumbnails=make_thumbnails(item_ids, images, thumbnail_size),
+    )
+
+
+def item_frame(rows: pa.Table, item_columns: list[str]) -> pd.DataFrame:
+    """`id` and the metadata columns of `rows`, as the bundle's items table holds them."""
+    return rows.select([KEY_COLUMN, *item_columns]).to_pandas()
+
+
+def bundle_config(settings: Settings) -> BundleConfig:
+    return BundleConfig(
+        image_size=settings.model.image_size,
+        channels=settings.model.channels,
+        default_k=settings.recommend.k,
+        max_k=settings.recommend.max_k,
+        max_batch_size=settings.serving.max_batch_size,
+        max_image_pixels=settings.serving.max_image_pixels,
+        search_threads=settings.serving.search_threads,
+    )
+
+
+def catalog_lineage(
+    table: TableVersion, scope: CatalogScope, index: EmbeddingIndex, training_run_id: str
+) -> dict[str, Any]:
+    """Where the bundle's catalog came from: what `simrec reindex` continues from."""
+    return {
+        "source_table": table.name,
+        "source_table_path": table.path,
+        "source_table_version": table.version,
+        "training_run_id": training_run_id,
+        "index_size": len(index),
+        "index_kind": index.settings.kind,
+        "index_metric": index.settings.metric,
+        **scope.as_lineage(),
+    }
+
+
+def example_images(rows: pa.Table, catalog_ids: list[str], count: int = 2) -> list[bytes]:
+    """Images for the bundle's input example: rows outside the catalog (e.g. the test split)
+    when the table has them, else the first catalog items."""
+    catalog = pa.array(catalog_ids, pa.string())
+    outside = rows.filter(pc.invert(pc.is_in(rows.column(KEY_COLUMN), value_set=catalog)))
+    chosen = outside if outside.num_rows else rows
+    return chosen.sort_by(KEY_COLUMN).slice(0, count).column(TABLE_IMAGE_COLUMN).to_pylist()
 
 
 def export_embedding_model(
@@ -191,7 +291,8 @@ def log_bundle(
     registered = mlflow.register_model(info.model_uri, registered_name)
     client = mlflow.MlflowClient()
     for key, value in lineage.items():
-        client.set_model_version_tag(registered_name, registered.version, key, str(value))
+        if value is not None:
+            client.set_model_version_tag(registered_name, registered.version, key, str(value))
     if alias:
         client.set_registered_model_alias(registered_name, alias, registered.version)
     return PackageResult(
@@ -204,22 +305,56 @@ def log_bundle(
     )
 
 
+def register_bundle(
+    model_dir: Path,
+    catalog: CatalogBundle,
+    config: BundleConfig,
+    example: pd.DataFrame,
+    lineage: dict[str, Any],
+    registered_name: str,
+    alias: str | None,
+    step: str,
+    tables: dict[str, TableVersion],
+    tags: dict[str, str] | None = None,
+) -> PackageResult:
+    """Log the bundle (`model_dir` + `catalog`) in a new run named `step`, with `tables` as its
+    dataset inputs by context, register it and set `alias`."""
+    with tempfile.TemporaryDirectory(prefix="simrec-bundle-") as workdir:
+        artifacts = {EMBEDDING_MODEL_ARTIFACT: str(model_dir), **catalog.write(Path(workdir))}
+        with mlflow.start_run(run_name=step):
+            mlflow.set_tags({"simrec.step": step, **(tags or {})})
+            for context, table in tables.items():
+                log_table_input(table, context=context)
+            mlflow.log_params(
+                {f"lineage.{key}": value for key, value in lineage.items() if value is not None}
+            )
+            return log_bundle(
+                EmbeddingSearchModel(), artifacts, config, example, lineage, registered_name, alias
+            )
+
+
 def package_run(
     settings: Settings,
     lake: Lakehouse,
     run_id: str,
     registered_name: str | None = None,
     alias: str | None = None,
+    table_name: str | None = None,
 ) -> PackageResult:
-    """Bundle training run `run_id` (which must have an index) as the deployable model."""
+    """Bundle training run `run_id` as the deployable model.
+
+    By default the catalog is the run's own index (`simrec index`) over its training table.
+    With `table_name`, every catalog row of that table (e.g. the IKEA items) is embedded here
+    with the run's weights instead; metadata columns come from the table.
+    """
     setup_mlflow(settings.mlflow)
-    tags = mlflow.get_run(run_id).data.tags
-    if tags.get("simrec.index") != "built":
+    trained_on = training_table(run_id)
+    if table_name is None and mlflow.get_run(run_id).data.tags.get("simrec.index") != "built":
         raise LookupError(f"run {run_id} has no index yet; run `simrec index --run-id {run_id}`")
-    table = training_table(run_id)
     serving = settings.serving
     registered_name = registered_name or serving.registered_model
     alias = serving.alias if alias is None else (alias or None)
+    config = bundle_config(settings)
 
     with tempfile.TemporaryDirectory(prefix="simrec-package-") as workdir:
         folder = Path(workdir)
@@ -229,64 +364,75 @@ def package_run(
             settings.model.image_size,
             settings.model.channels,
         )
-        index_dir = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=RUN_INDEX_ARTIFACT, dst_path=str(folder)
-        )
-        items = pd.read_parquet(Path(index_dir) / ITEMS_FILE)
-        index_settings = json.loads((Path(index_dir) / META_FILE).read_text())["settings"]
-        items_file = folder / "items.parquet"
-        items.to_parquet(items_file, index=False)
-
-        item_ids = items[ITEM_ID_COLUMN].astype(str).tolist()
-        rows = lake.read(table.name, table.version, columns=["id", "split", "image"])
-        catalog = rows.filter(pc.is_in(rows.column("id"), value_set=pc.cast(item_ids, "string")))
-        image_of = dict(
-            zip(catalog.column("id").to_pylist(), catalog.column("image").to_pylist(), strict=True)
-        )
-        thumbnails_file = folder / "thumbnails.parquet"
-        make_thumbnails(
-            item_ids, [image_of[item_id] for item_id in item_ids], serving.thumbnail_size
-        ).to_parquet(thumbnails_file, index=False)
-
-        # A real input example: two test-split images, asking for the default k.
-        test_rows = rows.filter(pc.equal(rows.column("split"), "test")).sort_by("id").slice(0, 2)
-        example_images = test_rows.column("image").to_pylist() or [image_of[item_ids[0]]]
-        example = query_frame(example_images, [settings.recommend.k] * len(example_images))
-
-        config = BundleConfig(
-            image_size=settings.model.image_size,
-            channels=settings.model.channels,
-            default_k=settings.recommend.k,
-            max_k=settings.recommend.max_k,
-            max_batch_size=serving.max_batch_size,
-            max_image_pixels=serving.max_image_pixels,
-            search_threads=serving.search_threads,
-        )
-        lineage = {
-            "source_table": table.name,
-            "source_table_path": table.path,
-            "source_table_version": table.version,
-            "training_run_id": run_id,
-            "index_size": len(items),
-            "index_kind": index_settings["kind"],
-            "index_metric": index_settings["metric"],
-        }
-        artifacts = {
-            EMBEDDING_MODEL_ARTIFACT: str(model_dir),
-            INDEX_ARTIFACT: index_dir,
-            ITEMS_ARTIFACT: str(items_file),
-            THUMBNAILS_ARTIFACT: str(thumbnails_file),
-        }
-        with mlflow.start_run(run_name="package"):
-            mlflow.set_tags({"simrec.step": "package", "simrec.training_run_id": run_id})
-            log_table_input(table, context="training")
-            mlflow.log_params({f"lineage.{key}": value for key, value in lineage.items()})
-            return log_bundle(
-                EmbeddingSearchModel(),
-                artifacts,
+        if table_name is None:
+            table = trained_on
+            rows = lake.read(table.name, table.version)
+            scope = CatalogScope.for_table(rows.column_names, settings)
+            catalog = _run_catalog(run_id, rows, folder, serving.thumbnail_size)
+        else:
+            table = lake.pin(table_name)
+            rows = lake.read(table.name, table.version)
+            scope = CatalogScope.for_table(rows.column_names, settings)
+            embedder = saved_model_embedder(model_dir, settings.reindex.embed_batch_size)
+            catalog = embed_catalog(
+                scope.select(rows),
+                embedder,
                 config,
-                example,
-                lineage,
-                registered_name,
-                alias,
+                settings.index,
+                metadata_columns(rows.column_names),
+                serving.thumbnail_size,
+                settings.reindex.embed_batch_size,
             )
+        images = example_images(rows, catalog.items[ITEM_ID_COLUMN].tolist())
+        example = query_frame(images, [settings.recommend.k] * len(images))
+        lineage = catalog_lineage(table, scope, catalog.index, training_run_id=run_id)
+        return register_bundle(
+            model_dir,
+            catalog,
+            config,
+            example,
+            lineage,
+            registered_name,
+            alias,
+            step="package",
+            tables={"training": trained_on, "catalog": table},
+            tags={"simrec.training_run_id": run_id},
+        )
+
+
+def served_model_uri(settings: Settings, lake: Lakehouse) -> str:
+    """`models:/<serving.registered_model>@<serving.alias>`; when nothing is registered under
+    it yet, the newest indexed training run is packaged first (a fresh workspace)."""
+    setup_mlflow(settings.mlflow)
+    serving = settings.serving
+    model_uri = f"models:/{serving.registered_model}@{serving.alias}"
+    try:
+        resolve_version(model_uri)
+    except BundleNotFoundError:
+        run_id = latest_run_id(settings.mlflow.experiment, require_index=True)
+        package_run(settings, lake, run_id)
+    return model_uri
+
+
+def _run_catalog(run_id: str, rows: pa.Table, folder: Path, thumbnail_size: int) -> CatalogBundle:
+    """The index `simrec index` built for the run, its items, and their thumbnails."""
+    index_dir = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=RUN_INDEX_ARTIFACT, dst_path=str(folder / "run-index")
+    )
+    items = pd.read_parquet(Path(index_dir) / ITEMS_FILE)
+    item_ids = items[ITEM_ID_COLUMN].astype(str).tolist()
+    catalog = rows.filter(pc.is_in(rows.column(KEY_COLUMN), value_set=pa.array(item_ids)))
+    image_of = dict(
+        zip(
+            catalog.column(KEY_COLUMN).to_pylist(),
+            catalog.column(TABLE_IMAGE_COLUMN).to_pylist(),
+            strict=True,
+        )
+    )
+    return CatalogBundle(
+        index=EmbeddingIndex.load(index_dir),
+        items=items,
+        thumbnails=make_thumbnails(
+            item_ids, [image_of[item_id] for item_id in item_ids], thumbnail_size
+        ),
+    )

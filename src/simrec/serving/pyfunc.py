@@ -248,9 +248,17 @@ class EmbeddingSearchModel(ImageSearchModel):
         return self.index.live_item_ids()
 
     def search(self, pixels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.search_embeddings(self.embed(pixels), k)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Embeddings of uint8 pixels (n, size, size, channels) with the bundled model."""
+        return self._embed(pixels).numpy()
+
+    def search_embeddings(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for embeddings already computed (batch jobs embed in chunks, then search
+        many queries at once: faiss only uses BLAS from ~1000 queries of 128 dimensions)."""
         import faiss
 
-        embeddings = self._embed(pixels).numpy()
         # faiss's OpenMP threads only add contention when the server already answers
         # requests in parallel; the setting is per calling thread, so restore it.
         previous = faiss.omp_get_max_threads()

@@ -1,0 +1,53 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # 07 · "Complete the look": the furniture style recommender
+# MAGIC The same steps as `simrec style build`, `simrec style evaluate`, `simrec style recommend`
+# MAGIC and `simrec style register`: Gram-matrix style vectors of the IKEA catalog (PCA per layer),
+# MAGIC one faiss index per category, HR@n against the room scenes beside random ranking and a
+# MAGIC colour histogram, and the `simrec-style` pyfunc. Needs `01_ingest` (the catalog tables).
+# MAGIC Settings come from `load_settings()` (`SIMREC_CONFIG`).
+
+# COMMAND ----------
+
+import mlflow
+
+from simrec.config import load_settings
+from simrec.lake.tables import Lakehouse
+from simrec.style.build import build_style
+from simrec.style.evaluate import evaluate_style_run
+from simrec.style.pyfunc import log_style_pyfunc
+from simrec.style.recommend import recommend_for_payload
+
+settings = load_settings()
+lake = Lakehouse(settings.lake.root)
+
+# COMMAND ----------
+
+built = build_style(settings, lake)
+built.run_id, len(built.catalog)
+
+# COMMAND ----------
+
+evaluation = evaluate_style_run(settings, lake, built.run_id)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## A catalog photo → the nearest items of every other category
+
+# COMMAND ----------
+
+query = lake.read(settings.lake.items_table, columns=["id", "category", "image"]).slice(0, 1)
+query = query.to_pylist()[0]
+recommendations = recommend_for_payload(
+    built.bundle, query["image"], n=3, own_category=query["category"]
+)
+[(r.category, r.item_id, round(r.distance, 3)) for r in recommendations]
+
+# COMMAND ----------
+
+with mlflow.start_run(run_id=built.run_id):
+    style_model_uri = log_style_pyfunc(
+        built.folder, "simrec-style", settings.style.n, settings.style.max_n, "champion"
+    )
+style_model_uri

@@ -1,0 +1,1 @@
+"""Batch jobs on Spark over whole tables (batch recommendations)."""
