@@ -16,24 +16,30 @@ INDEX_ARTIFACT = "index"
 ITEMS_FILE = "items.parquet"
 
 
-def latest_run_id(experiment: str, require_index: bool = False) -> str:
-    """The newest finished training run of `experiment` (optionally one that has an index)."""
-    query = "tags.`simrec.step` = 'train' and attributes.status = 'FINISHED'"
-    if require_index:
-        query += " and tags.`simrec.index` = 'built'"
+def newest_finished_run_id(experiment: str, filter_string: str) -> str | None:
+    """The newest FINISHED run of `experiment` matching `filter_string`, or None."""
     runs = mlflow.search_runs(
         experiment_names=[experiment],
-        filter_string=query,
+        filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
     )
-    if not runs:
+    return runs[0].info.run_id if runs else None
+
+
+def latest_run_id(experiment: str, require_index: bool = False) -> str:
+    """The newest finished training run of `experiment` (optionally one that has an index)."""
+    query = "tags.`simrec.step` = 'train'"
+    if require_index:
+        query += " and tags.`simrec.index` = 'built'"
+    run_id = newest_finished_run_id(experiment, query)
+    if run_id is None:
         needs = "`simrec train` and `simrec index`" if require_index else "`simrec train`"
         raise LookupError(
             f"no finished training run in experiment {experiment!r}; run {needs} first"
         )
-    return runs[0].info.run_id
+    return run_id
 
 
 def training_table(run_id: str) -> TableVersion:

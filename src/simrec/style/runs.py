@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 
+from simrec.runs import newest_finished_run_id
 from simrec.style.build import BUNDLE_ARTIFACT, BUNDLE_TAG
 from simrec.style.bundle import StyleBundle
 
@@ -13,20 +14,13 @@ from simrec.style.bundle import StyleBundle
 def latest_style_run_id(experiment: str, kind: str | None = None) -> str:
     """The newest finished run with a style bundle (`kind`: "gram" or "learned", or either)."""
     query = f"tags.`{BUNDLE_TAG}` {'= ' + repr(kind) if kind else 'LIKE ' + repr('%')}"
-    query += " and attributes.status = 'FINISHED'"
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=query,
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    if not runs:
+    run_id = newest_finished_run_id(experiment, query)
+    if run_id is None:
         raise LookupError(
             f"no finished style run in experiment {experiment!r}; run `simrec style build` "
             "(or `simrec style train`) first"
         )
-    return runs[0].info.run_id
+    return run_id
 
 
 def bundle_folder(run_id: str) -> Path:
