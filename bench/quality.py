@@ -7,12 +7,10 @@ machine, timed; Recall@1/5 and MAP@R on the full test split beside the raw-pixel
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
-from bench.results import record
-from simrec.config import load_settings
+from bench.results import fresh_workspace, record
 from simrec.evaluation.evaluate import evaluate
 from simrec.index.build import build_catalog_index
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
@@ -25,14 +23,7 @@ TIME_BUDGET_S = 15 * 60
 
 
 def main(overrides: list[str]) -> dict[str, object]:
-    shutil.rmtree(WORKSPACE, ignore_errors=True)
-    settings = load_settings(
-        overrides={
-            "lake.root": str(WORKSPACE / "lakehouse"),
-            "mlflow.tracking_uri": f"sqlite:///{WORKSPACE / 'mlflow.db'}",
-            "mlflow.artifact_root": str(WORKSPACE / "mlruns"),
-        }
-    ).with_overrides(overrides)
+    settings = fresh_workspace(WORKSPACE, overrides)
     lake = Lakehouse(settings.lake.root)
     table = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(table.name, table.version)

@@ -14,13 +14,11 @@ alone), so both include downloading the bundle and registering the result.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
-from bench.results import record
+from bench.results import fresh_workspace, record
 from simrec.batch.recommend import batch_recommend, load_searcher, recommend_batch
-from simrec.config import load_settings
 from simrec.index.build import build_catalog_index
 from simrec.index.reindex import ReindexResult, reindex
 from simrec.index.scope import CatalogScope
@@ -53,15 +51,7 @@ def _reindex_numbers(result: ReindexResult, seconds: float) -> dict[str, object]
 
 
 def main(overrides: list[str]) -> dict[str, object]:
-    shutil.rmtree(WORKSPACE, ignore_errors=True)
-    settings = load_settings(
-        overrides={
-            "lake.root": str(WORKSPACE / "lakehouse"),
-            "mlflow.tracking_uri": f"sqlite:///{WORKSPACE / 'mlflow.db'}",
-            "mlflow.artifact_root": str(WORKSPACE / "mlruns"),
-            **QUICK_TRAINING,
-        }
-    ).with_overrides(overrides)
+    settings = fresh_workspace(WORKSPACE, overrides, QUICK_TRAINING)
     lake = Lakehouse(settings.lake.root)
     name = settings.lake.fashion_table
 

@@ -11,6 +11,8 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from simrec.config import Settings, load_settings
+
 RESULTS_FILE = Path(__file__).resolve().parent / "results.json"
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -147,3 +149,19 @@ def render_readme(readme: Path = README, results: dict[str, dict] | None = None)
     if updated != text:
         readme.write_text(updated)
     return True
+
+
+def fresh_workspace(
+    workspace: Path, overrides: list[str], defaults: dict[str, object] | None = None
+) -> Settings:
+    """Settings whose lake and MLflow store live in `workspace`, emptied first, so a
+    benchmark never touches the user's own; `defaults` apply before the caller's `overrides`."""
+    shutil.rmtree(workspace, ignore_errors=True)
+    return load_settings(
+        overrides={
+            "lake.root": str(workspace / "lakehouse"),
+            "mlflow.tracking_uri": f"sqlite:///{workspace / 'mlflow.db'}",
+            "mlflow.artifact_root": str(workspace / "mlruns"),
+            **(defaults or {}),
+        }
+    ).with_overrides(overrides)

@@ -12,12 +12,10 @@ the colour histogram on every pair with at least `style.min_queries` queries.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
-from bench.results import record
-from simrec.config import load_settings
+from bench.results import fresh_workspace, record
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.tables import Lakehouse
 from simrec.style.build import build_style
@@ -38,14 +36,7 @@ def _beats_colour_where_judged(evaluation: StyleEvaluation) -> bool:
 
 
 def main(overrides: list[str]) -> dict[str, object]:
-    shutil.rmtree(WORKSPACE, ignore_errors=True)
-    settings = load_settings(
-        overrides={
-            "lake.root": str(WORKSPACE / "lakehouse"),
-            "mlflow.tracking_uri": f"sqlite:///{WORKSPACE / 'mlflow.db'}",
-            "mlflow.artifact_root": str(WORKSPACE / "mlruns"),
-        }
-    ).with_overrides(overrides)
+    settings = fresh_workspace(WORKSPACE, overrides)
     lake = Lakehouse(settings.lake.root)
     ingest_catalog(lake, settings.catalog, settings.lake)
 
