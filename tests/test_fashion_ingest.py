@@ -104,3 +104,31 @@ def test_delta_format_reads_through_the_spark_delta_source(spark, settings) -> N
     table = ingest_fashion_mnist(lake, settings.fashion_mnist, "fm", max_rows_per_split=5)
     with pytest.raises(Exception, match="(?i)delta"):
         read_table(spark, lake, lake.pin("fm", table.version), delta_format=True).count()
+
+
+def test_an_explicit_source_without_the_files_is_an_error(tmp_path: Path, settings) -> None:
+    typo = settings.with_overrides({"fashion_mnist.source_dir": str(tmp_path / "no-such-dir")})
+    with pytest.raises(DatasetFileError, match="no-such-dir.*lacks"):
+        locate_files(typo.fashion_mnist)
+    assert not (tmp_path / "downloads").exists()  # and nothing was downloaded instead
+
+
+def test_cli_source_typo_is_a_one_line_error(tmp_path: Path, settings) -> None:
+    from typer.testing import CliRunner
+
+    from simrec.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            "fashion-mnist",
+            "--source",
+            str(tmp_path / "typo"),
+            "--set",
+            f"lake.root={settings.lake.root}",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "typo" in result.output and "lacks" in result.output
+    assert not Lakehouse(settings.lake.root).exists("fashion_mnist")
