@@ -153,9 +153,11 @@ def test_a_corrupted_file_is_refused_and_nothing_is_kept(tmp_path: Path) -> None
 def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     manifest = _manifest(FILES)
     partial = {name: payload for name, payload in FILES.items() if "dining" not in name}
-    with _Server(_archive(partial)) as server:
-        with pytest.raises(CatalogDownloadError, match=r"590\.483\.97\.jpg: missing"):
-            ensure_catalog(_settings(server.url, tmp_path / "cache"), manifest)
+    with (
+        _Server(_archive(partial)) as server,
+        pytest.raises(CatalogDownloadError, match=r"590\.483\.97\.jpg: missing"),
+    ):
+        ensure_catalog(_settings(server.url, tmp_path / "cache"), manifest)
     assert _cache_entries(tmp_path / "cache") == []
 
 
