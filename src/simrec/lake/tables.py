@@ -39,9 +39,10 @@ class TableVersion:
     version: int
     rows_added: int = 0
     rows_removed: int = 0
+    table_id: str | None = None  # Delta `metadata().id`: a re-created table gets a new one
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "path": self.path, "version": self.version}
+        return {"name": self.name, "path": self.path, "version": self.version, "id": self.table_id}
 
 
 class Lakehouse:
@@ -70,7 +71,12 @@ class Lakehouse:
     def pin(self, name: str, version: int | None = None) -> TableVersion:
         """The table at `version` (default: latest), checked to exist."""
         table = self.table(name, version)
-        return TableVersion(name=name, path=str(self.path(name)), version=table.version())
+        return TableVersion(
+            name=name,
+            path=str(self.path(name)),
+            version=table.version(),
+            table_id=table.metadata().id,
+        )
 
     def file_uris(self, name: str, version: int | None = None) -> list[str]:
         return self.table(name, version).file_uris()
