@@ -132,3 +132,32 @@ def test_cli_source_typo_is_a_one_line_error(tmp_path: Path, settings) -> None:
     assert result.exit_code == 1
     assert "typo" in result.output and "lacks" in result.output
     assert not Lakehouse(settings.lake.root).exists("fashion_mnist")
+
+
+def test_two_processes_ingesting_at_once_both_finish(tmp_path: Path, settings) -> None:
+    """Two real `simrec ingest fashion-mnist` processes racing to create the same table."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "simrec.cli",
+        "ingest",
+        "fashion-mnist",
+        "--max-rows",
+        "30",
+        "--set",
+        f"lake.root={settings.lake.root}",
+    ]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert "Traceback" not in err
+        # either both finish, or the loser says so in one line (no partial write)
+        assert process.returncode == 0 or err.strip().splitlines()[-1].startswith("error: table")
+    ids = Lakehouse(settings.lake.root).read("fashion_mnist", columns=["id"]).column("id")
+    assert len(ids) == len(set(ids.to_pylist())) == 60

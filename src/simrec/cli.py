@@ -94,7 +94,7 @@ def ingest_fashion(
 ) -> None:
     """Fashion-MNIST (configured folder, Debian package, or verified download) → Delta."""
     from simrec.lake.fashion_mnist import DatasetFileError, ingest_fashion_mnist
-    from simrec.lake.tables import Lakehouse
+    from simrec.lake.tables import Lakehouse, TableConflictError
 
     settings = _settings(config, set_)
     if source is not None:
@@ -104,7 +104,7 @@ def ingest_fashion(
         result = ingest_fashion_mnist(
             lake, settings.fashion_mnist, settings.lake.fashion_table, max_rows
         )
-    except (DatasetFileError, OSError) as error:
+    except (DatasetFileError, OSError, TableConflictError) as error:
         _fail(error)
     typer.echo(
         f"{result.name}: version {result.version}, {result.rows_added} new rows ({result.path})"
@@ -135,8 +135,7 @@ def ingest_catalog_command(
     from simrec.images import InvalidImageError
     from simrec.lake.catalog import ingest_catalog
     from simrec.lake.ikea_download import CITATION, LICENCE, ensure_catalog
-    from simrec.lake.sync import TableConflictError
-    from simrec.lake.tables import Lakehouse
+    from simrec.lake.tables import Lakehouse, TableConflictError
     from simrec.lake.transaction import IngestCommitError
 
     settings = _settings(config, set_)

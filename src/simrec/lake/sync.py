@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import CommitProperties
 
 from simrec.lake.tables import CHANGE_DATA_FEED, Lakehouse, TableVersion, _arrow_schema
@@ -32,10 +31,6 @@ UPSERT = "upsert"
 DELETE = "delete"
 COUNT_KEYS = ("inserted", "updated", "deleted")
 METADATA_PREFIX = "simrec."
-
-
-class TableConflictError(RuntimeError):
-    """Another writer kept committing to the table; the sync gave up after its retries."""
 
 
 @dataclass(frozen=True)
@@ -206,13 +201,6 @@ def commit_changes(
         .execute()
     )
     return TableVersion(changes.name, path, table.version(), changes.inserted, changes.deleted)
-
-
-def is_conflict(error: Exception) -> bool:
-    if isinstance(error, CommitFailedError):
-        return True
-    text = str(error).lower()  # two writers creating the same table at once
-    return isinstance(error, DeltaError) and "already exists" in text
 
 
 def commit_counts(lake: Lakehouse, name: str, version: int | None = None) -> dict[str, object]:

@@ -29,12 +29,10 @@ from simrec.lake.sync import (
     METADATA_PREFIX,
     SyncResult,
     TableChanges,
-    TableConflictError,
     commit_changes,
-    is_conflict,
     plan_changes,
 )
-from simrec.lake.tables import Lakehouse
+from simrec.lake.tables import Lakehouse, TableConflictError, is_conflict
 
 log = logging.getLogger(__name__)
 
