@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deltalake import DeltaTable
 from PIL import Image
 
 from simrec.lake.fashion_mnist import (
@@ -134,30 +135,70 @@ def test_cli_source_typo_is_a_one_line_error(tmp_path: Path, settings) -> None:
     assert not Lakehouse(settings.lake.root).exists("fashion_mnist")
 
 
-def test_two_processes_ingesting_at_once_both_finish(tmp_path: Path, settings) -> None:
-    """Two real `simrec ingest fashion-mnist` processes racing to create the same table."""
+def _other_process_ingests(settings, max_rows: int) -> None:
+    """A second, real `simrec ingest fashion-mnist` process writing to the same lake."""
     import subprocess
     import sys
 
-    command = [
-        sys.executable,
-        "-m",
-        "simrec.cli",
-        "ingest",
-        "fashion-mnist",
-        "--max-rows",
-        "30",
-        "--set",
-        f"lake.root={settings.lake.root}",
-    ]
-    processes = [
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    for process in processes:
-        _, err = process.communicate(timeout=300)
-        assert "Traceback" not in err
-        # either both finish, or the loser says so in one line (no partial write)
-        assert process.returncode == 0 or err.strip().splitlines()[-1].startswith("error: table")
-    ids = Lakehouse(settings.lake.root).read("fashion_mnist", columns=["id"]).column("id")
-    assert len(ids) == len(set(ids.to_pylist())) == 60
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simrec.cli",
+            "ingest",
+            "fashion-mnist",
+            "--max-rows",
+            str(max_rows),
+            "--set",
+            f"lake.root={settings.lake.root}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_table_created_meanwhile_by_another_process_is_merged_into(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = Lakehouse(settings.lake.root)
+    real_exists = Lakehouse.exists
+
+    def checked_then_overtaken(self, name):  # the other process creates it right after
+        seen = real_exists(self, name)
+        if not seen:
+            monkeypatch.setattr(Lakehouse, "exists", real_exists)
+            _other_process_ingests(settings, 20)
+        return seen
+
+    monkeypatch.setattr(Lakehouse, "exists", checked_then_overtaken)
+    result = ingest_fashion_mnist(lake, settings.fashion_mnist, max_rows_per_split=30)
+    assert result.rows_added == 20  # the other process's 40 rows are kept, not duplicated
+    ids = lake.read("fashion_mnist", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 60
+
+
+def test_a_lost_merge_race_is_one_line_naming_the_table(
+    tmp_path: Path, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from simrec.cli import app
+
+    lake = Lakehouse(settings.lake.root)
+    ingest_fashion_mnist(lake, settings.fashion_mnist, max_rows_per_split=10)
+    real_merge = DeltaTable.merge
+
+    def overtaken_merge(self, *args, **kwargs):  # another process commits just before
+        monkeypatch.setattr(DeltaTable, "merge", real_merge)
+        _other_process_ingests(settings, 20)
+        return real_merge(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "merge", overtaken_merge)
+    result = CliRunner().invoke(
+        app,
+        ["ingest", "fashion-mnist", "--max-rows", "30", "--set", f"lake.root={settings.lake.root}"],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("error: table 'fashion_mnist'") and "run it again" in error
+    assert lake.read("fashion_mnist", columns=["id"]).num_rows == 40  # only the other's commit
