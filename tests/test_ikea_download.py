@@ -62,6 +62,7 @@ class _Server:
         self.payload = payload
         self.drop_after: int | None = None
         self.honour_ranges = True
+        self.chunked = False  # as GitHub's codeload sends archives: no Content-Length
         self.ranges: list[str | None] = []
         server = self
 
@@ -82,6 +83,20 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = server.payload[start:]
+                if server.chunked:
+                    self.protocol_version = "HTTP/1.1"
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    cut = server.drop_after
+                    server.drop_after = None
+                    # one chunk announced whole, cut short when dropping
+                    self.wfile.write(f"{len(body):x}\r\n".encode())
+                    self.wfile.write(body[:cut] if cut is not None else body)
+                    if cut is None:
+                        self.wfile.write(b"\r\n0\r\n\r\n")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.drop_after is not None:
@@ -181,6 +196,24 @@ def test_an_interrupted_download_is_resumed_or_restarted(
         for name, content in FILES.items():
             assert (copy.folder / name).read_bytes() == content
         assert _cache_entries(cache) == [copy.folder.name]
+
+
+def test_an_interrupted_chunked_download_is_restarted(tmp_path: Path) -> None:
+    manifest = _manifest(FILES)
+    payload = _archive(FILES)
+    with _Server(payload) as server:
+        server.chunked, server.honour_ranges = True, False
+        server.drop_after = len(payload) // 2
+        settings = _settings(server.url, tmp_path / "cache")
+        with pytest.raises(CatalogDownloadError, match="interrupted"):
+            ensure_catalog(settings, manifest)
+        assert not any(
+            name.startswith("ikea-6f316e3") and "." not in name.removeprefix("ikea-6f316e3")
+            for name in _cache_entries(tmp_path / "cache")
+        )  # never extracted
+        copy = ensure_catalog(settings, manifest)
+        for name, content in FILES.items():
+            assert (copy.folder / name).read_bytes() == content
 
 
 @pytest.mark.skipif(not (IKEA_DIR / "images").is_dir(), reason="IKEA dataset not available")

@@ -17,6 +17,7 @@ verified before, else it downloads the GitHub archive of the pinned commit
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -133,7 +134,7 @@ def download_archive(url: str, target: Path, timeout_s: float) -> Path:
         if error.code == 416:  # the range is past the end: the partial file is unusable
             partial.unlink(missing_ok=True)
         raise CatalogDownloadError(f"downloading {url} failed: HTTP {error.code}") from error
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         raise CatalogDownloadError(
             f"downloading {url} was interrupted ({error}); {partial} is kept: run the same "
             f"command again to resume"
