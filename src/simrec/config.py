@@ -43,7 +43,7 @@ class FashionMnistSettings(_Section):
 
 
 class CatalogSettings(_Section):
-    source_dir: Path | None = None  # None: the verified download in cache_dir
+    source_dir: Path | None  # None: the verified download in cache_dir
     download_url: str
     cache_dir: Path | None  # None: the user's cache folder (platformdirs)
     download_timeout_s: float = Field(gt=0)
