@@ -23,6 +23,7 @@ from simrec.style.evaluate import StyleEvaluation, evaluate_bundle
 from simrec.style.train import train_style
 
 WORKSPACE = Path(__file__).resolve().parent / ".work" / "style"
+LOCAL_IKEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ikea"  # else downloaded
 TARGET = {5: 0.55, 10: 0.70, 20: 0.85}
 TARGET_PAIR = "chair:table"
 
@@ -36,7 +37,8 @@ def _beats_colour_where_judged(evaluation: StyleEvaluation) -> bool:
 
 
 def main(overrides: list[str]) -> dict[str, object]:
-    settings = fresh_workspace(WORKSPACE, overrides)
+    local = {"catalog.source_dir": str(LOCAL_IKEA)} if (LOCAL_IKEA / "images").is_dir() else {}
+    settings = fresh_workspace(WORKSPACE, overrides, local)
     lake = Lakehouse(settings.lake.root)
     ingest_catalog(lake, settings.catalog, settings.lake)
 

@@ -28,6 +28,8 @@ class LakeSettings(_Section):
     items_table: str = "catalog_items"
     rooms_table: str = "catalog_rooms"
     item_rooms_table: str = "catalog_item_rooms"
+    commit_retries: int = Field(ge=0)  # re-plans after losing a commit race to another writer
+    commit_retry_wait_s: float = Field(ge=0)
 
 
 class FashionMnistSettings(_Section):
@@ -41,7 +43,10 @@ class FashionMnistSettings(_Section):
 
 
 class CatalogSettings(_Section):
-    source_dir: Path = Path("../shared/data/ikea")
+    source_dir: Path | None  # None: the verified download in cache_dir
+    download_url: str
+    cache_dir: Path | None  # None: the user's cache folder (platformdirs)
+    download_timeout_s: float = Field(gt=0)
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
     max_items: int | None = None

@@ -216,6 +216,7 @@ def catalog_lineage(
         "source_table": table.name,
         "source_table_path": table.path,
         "source_table_version": table.version,
+        "source_table_id": table.table_id,
         "training_run_id": training_run_id,
         "index_size": len(index),
         "index_kind": index.settings.kind,
