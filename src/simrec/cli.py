@@ -434,6 +434,27 @@ def style_recommend(
         )
 
 
+@style_app.command("fetch-weights")
+def style_fetch_weights(
+    destination: Annotated[
+        Path | None, typer.Option(help="Where to keep the file (default: the Keras cache).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Download the SqueezeNet v1.1 ImageNet weights once and verify their sha256."""
+    from simrec.style.backbone import keras_cache_file
+    from simrec.style.squeezenet import WeightsChecksumError, download_weights
+
+    weights = _settings(config, set_).style.squeezenet
+    target = destination or keras_cache_file(weights.file)
+    try:
+        path = download_weights(weights.url, weights.sha256, target, weights.download_timeout_s)
+    except (OSError, WeightsChecksumError) as error:
+        _fail(error)
+    typer.echo(f"SqueezeNet v1.1 ImageNet weights verified at {path}")
+
+
 @style_app.command("register")
 def style_register(
     run_id: StyleRunOption = None,

@@ -155,10 +155,20 @@ class StyleTrainSettings(_Section):
     seed: int = 7
 
 
+class SqueezeNetWeightsSettings(_Section):
+    """Where users elsewhere fetch the SqueezeNet v1.1 ImageNet weights, and their checksum."""
+
+    file: str  # name in the Keras cache ($KERAS_HOME/models)
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    download_timeout_s: float = Field(gt=0)
+
+
 class StyleSettings(_Section):
     """Gram-matrix style recommender ("complete the look")."""
 
-    backbone: Literal["vgg16", "keras_model"] = "vgg16"
+    backbone: Literal["vgg16", "squeezenet", "keras_model"] = "vgg16"
+    squeezenet: SqueezeNetWeightsSettings
     weights: Literal["imagenet", "random"] = "imagenet"
     weights_path: Path | None = None
     backbone_path: Path | None = None
