@@ -71,11 +71,12 @@ def test_a_corrupt_weights_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_file_falls_back_to_random_filters_with_the_warning(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    settings = _style(weights_path=None)
+    settings.squeezenet.path = tmp_path / "absent.h5"
     with caplog.at_level(logging.WARNING, logger="simrec.style.backbone"):
-        backbone = build_backbone(_style(weights_path=None))
+        backbone = build_backbone(settings)
     assert backbone.weights_source.startswith("random(")
     assert "squeezenet ImageNet weights not found" in caplog.text
 
@@ -100,7 +101,7 @@ def test_download_verifies_the_checksum_before_keeping_the_file(
     tmp_path: Path, weights_server: str
 ) -> None:
     settings = _style().squeezenet
-    target = tmp_path / "cache" / settings.file
+    target = tmp_path / "cache" / "squeezenet.h5"
     with pytest.raises(WeightsChecksumError):
         download_weights(f"{weights_server}/bad.h5", settings.sha256, target, 10)
     assert not target.exists() and not list(target.parent.iterdir())  # nothing half-written

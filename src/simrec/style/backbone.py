@@ -55,15 +55,17 @@ def keras_cache_file(name: str) -> Path:
     return home / "models" / name
 
 
-def weights_file_name(settings: StyleSettings) -> str:
-    """The backbone's ImageNet weights file name in the Keras cache."""
-    return settings.squeezenet.file if settings.backbone == "squeezenet" else VGG16_NOTOP_FILE
+def default_weights_file(settings: StyleSettings) -> Path:
+    """Where the backbone's ImageNet weights are looked for when weights_path is null."""
+    if settings.backbone == "squeezenet":
+        return Path(settings.squeezenet.path).expanduser()
+    return keras_cache_file(VGG16_NOTOP_FILE)
 
 
 def find_vgg16_weights(settings: StyleSettings) -> Path | None:
     """The backbone's ImageNet notop weights file, if it is on disk (configured path first)."""
     candidates = [settings.weights_path] if settings.weights_path else []
-    candidates.append(keras_cache_file(weights_file_name(settings)))
+    candidates.append(default_weights_file(settings))
     for candidate in candidates:
         if candidate is not None and Path(candidate).expanduser().is_file():
             return Path(candidate).expanduser()
@@ -136,7 +138,7 @@ def build_backbone(settings: StyleSettings) -> Backbone:
                 "weaker. Put the weights file there (`simrec style fetch-weights`), or set "
                 "style.backbone: keras_model.",
                 settings.backbone,
-                keras_cache_file(weights_file_name(settings)),
+                default_weights_file(settings),
                 source,
             )
     # Both were trained on Caffe-preprocessed input (BGR, ImageNet means subtracted).
