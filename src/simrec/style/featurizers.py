@@ -25,6 +25,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
+from tqdm import tqdm
 
 from simrec.config import StyleBlockSettings, StyleSettings
 from simrec.style.backbone import build_backbone, load_backbone, save_backbone
@@ -198,7 +199,8 @@ class PooledBlock(Block):
     def raw(self, pixels: np.ndarray, texts: list[str] | None) -> np.ndarray:
         chunks = []
         batch = self.style.batch_size
-        for start in range(0, len(pixels), batch):
+        starts = range(0, len(pixels), batch)
+        for start in tqdm(starts, desc="pooled features", unit="batch", leave=False):
             block = np.asarray(pixels[start : start + batch])
             mask = foreground_mask(block, self.style.background_threshold)
             parts = []

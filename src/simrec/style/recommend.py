@@ -77,6 +77,7 @@ def recommend_for_payload(
     own_category: str | None = None,
     include_own: bool = False,
     source: str = "query image",
+    vector: np.ndarray | None = None,
 ) -> list[StyleRecommendation]:
     """For an image's bytes: the n nearest items in each target category, nearest first.
 
@@ -86,7 +87,8 @@ def recommend_for_payload(
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    vector = query_vectors(bundle, [payload], [source])[0]
+    if vector is None:  # else: embedded already, with the rest of its request's batch
+        vector = query_vectors(bundle, [payload], [source])[0]
     own = own_category
     if not to and own is None and not include_own:
         own = query_category(bundle, payload, vector)

@@ -71,6 +71,7 @@ class Rows:
     room_raws: dict[str, np.ndarray] = field(default_factory=dict)  # of room photos
     room_members: np.ndarray | None = None  # (R, N) bool: item in room photo
     blocks: dict[str, Block] = field(default_factory=dict)
+    memo: dict[tuple[str, str], tuple] = field(default_factory=dict)
 
 
 def _cache_key(style: StyleSettings, name: str, catalog: StyleCatalog, what: str) -> str:
@@ -157,15 +158,26 @@ def gather_rows(
 # ---------------------------------------------------------------- scoring candidates
 
 
+MEMO_KINDS = ("gram", "pooled")  # costly fits (PCA) on small outputs: memoised per fit mask
+
+
+def fitted_block(rows: Rows, name: str, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A block fitted on the `fit` rows only, applied to every item (and room photo)."""
+    key = (name, hashlib.sha256(np.packbits(fit).tobytes()).hexdigest())
+    if key in rows.memo:
+        return rows.memo[key]
+    block = rows.blocks[name].fit(rows.raws[name][fit])
+    items = block.transform(rows.raws[name])
+    photos = block.transform(rows.room_raws[name]) if name in rows.room_raws else None
+    if block.kind in MEMO_KINDS:
+        rows.memo[key] = (items, photos)
+    return items, photos
+
+
 def fitted_parts(rows: Rows, names: list[str], fit: np.ndarray, rooms: bool = False):
     """Each block fitted on the `fit` rows only, then applied to every item (and room photo)."""
-    items, photos = [], []
-    for name in names:
-        block = rows.blocks[name].fit(rows.raws[name][fit])
-        items.append(block.transform(rows.raws[name]))
-        if rooms:
-            photos.append(block.transform(rows.room_raws[name]))
-    return items, photos
+    parts = [fitted_block(rows, name, fit) for name in names]
+    return [items for items, _ in parts], [photos for _, photos in parts] if rooms else []
 
 
 def two_hop_scores(
