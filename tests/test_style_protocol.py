@@ -133,3 +133,21 @@ def test_two_hop_never_reaches_held_out_items_or_the_querys_own_rooms() -> None:
     assert got[0] == 0.0  # item 1 is reachable only through room A, the query's own room
     assert got[1] > 0.0  # item 2 (training, room B) is reached
     assert got[2] == 0.0  # item 3 is held out: never a room member of the signal
+
+
+def test_weighted_block_similarities_rank_like_the_combined_vectors() -> None:
+    from simrec.style.featurizers import combine
+    from simrec.style.protocol import cosine_scores
+    from simrec.style.select import gram_matrix, weighted_scores
+
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=(30, dim)).astype(np.float32) for dim in (5, 8)]
+    parts = [part / np.linalg.norm(part, axis=1, keepdims=True) for part in parts]
+    parts[1][3] = 0.0  # an item without evidence in the second block (no text)
+    rows, pool = np.arange(6), np.arange(6, 30)
+    for weights in ((1.0, 0.25), (1.0, 4.0)):
+        fast = weighted_scores(
+            [gram_matrix(p) for p in parts], [(p * p).sum(1) for p in parts], weights
+        )(rows, pool)
+        slow = cosine_scores(combine(parts, list(weights)))(rows, pool)
+        np.testing.assert_array_equal(np.argsort(-fast, axis=1), np.argsort(-slow, axis=1))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from scipy import sparse
 
 from simrec.config import Settings, StyleSettings
 from simrec.images import decode_batch
@@ -35,6 +36,7 @@ from simrec.style.featurizers import Block, CombinedFeaturizer, combine, make_bl
 from simrec.style.indexes import CategoryIndexes
 from simrec.style.protocol import (
     PairOutcome,
+    Scores,
     Split,
     catalog_pairs,
     co_occurrence,
@@ -158,6 +160,7 @@ def gather_rows(
 # ---------------------------------------------------------------- scoring candidates
 
 
+SPARSE_BELOW = 0.05  # share of non-zero entries under which a block is multiplied as sparse
 MEMO_KINDS = ("gram", "pooled")  # costly fits (PCA) on small outputs: memoised per fit mask
 
 
@@ -236,6 +239,22 @@ class Choice:
         }
 
 
+def gram_matrix(vectors: np.ndarray) -> np.ndarray:
+    """(N, N) inner products; sparse rows (TF-IDF) multiplied as sparse."""
+    if np.count_nonzero(vectors) < SPARSE_BELOW * vectors.size:
+        matrix = sparse.csr_matrix(vectors)
+        return np.asarray((matrix @ matrix.T).toarray(), dtype=np.float32)
+    return vectors @ vectors.T
+
+
+def weighted_scores(sims: list[np.ndarray], squares: list[np.ndarray], weights) -> Scores:
+    """Scores ranking like the cosine of `combine(parts, weights)`, from each block's (N, N)
+    similarities and squared row norms (the query's own norm does not change its ranking)."""
+    total = sum(w * sim for w, sim in zip(weights, sims, strict=True))
+    norm = np.sqrt(np.maximum(sum(w * sq for w, sq in zip(weights, squares, strict=True)), 1e-12))
+    return lambda query_rows, pool_rows: total[np.ix_(query_rows, pool_rows)] / norm[pool_rows]
+
+
 def choose_weights(
     rows: Rows, blocks: list[str], splits: list[Split], pairs: list[str], style: StyleSettings
 ) -> Choice:
@@ -246,11 +265,13 @@ def choose_weights(
     hits: dict[tuple[float, ...], list[PairOutcome]] = {}
     for split in splits:
         parts, _ = fitted_parts(rows, blocks, split.fit)
+        # cos(combine(q), combine(p)) = Σ wᵢ sᵢ(q, p) / (‖q‖ ‖p‖), ‖p‖² = Σ wᵢ ‖pᵢ‖²: the
+        # block similarities are computed once, each weighting is then a weighted sum.
+        sims = [gram_matrix(part) for part in parts]
+        squares = [(part * part).sum(axis=1) for part in parts]
         for weights in weight_options(len(blocks), select.weight_grid):
-            vectors = combine(parts, list(weights))
-            hits.setdefault(weights, []).extend(
-                evaluate_split(rows, cosine_scores(vectors), split, pairs, [at])
-            )
+            scores = weighted_scores(sims, squares, weights)
+            hits.setdefault(weights, []).extend(evaluate_split(rows, scores, split, pairs, [at]))
     scored = {weights: pooled_hit_ratio(outcomes, at) for weights, outcomes in hits.items()}
     best = max(scored, key=lambda weights: (scored[weights], -sum(weights)))
     return Choice(list(blocks), best, scored[best])
