@@ -40,7 +40,6 @@ from simrec.style.protocol import (
     Split,
     catalog_pairs,
     co_occurrence,
-    cosine_scores,
     merge,
     pooled_hit_ratio,
     score_pair,
@@ -85,7 +84,7 @@ def _cache_key(style: StyleSettings, name: str, catalog: StyleCatalog, what: str
             "threshold": style.background_threshold,
             "pca": style.pca_dims,
             "power": style.gram_power,
-            "items": [catalog.items_table.path, catalog.items_table.version, len(catalog)],
+            "items": hashlib.sha256("".join(catalog.sha256).encode()).hexdigest(),
             "what": what,
         },
         sort_keys=True,
@@ -282,18 +281,17 @@ def choose_two_hop(
 ) -> Choice:
     select = style.select
     at = select.select_at
-    scored = {}
-    for weight in select.two_hop_weights:
-        outcomes = []
-        for split in splits:
-            parts, photos = fitted_parts(rows, choice.blocks, split.fit, rooms=True)
-            vectors = combine(parts, list(choice.weights))
-            rooms = combine(photos, list(choice.weights))
+    outcomes: dict[float, list[PairOutcome]] = {weight: [] for weight in select.two_hop_weights}
+    for split in splits:
+        parts, photos = fitted_parts(rows, choice.blocks, split.fit, rooms=True)
+        vectors = combine(parts, list(choice.weights))
+        rooms = combine(photos, list(choice.weights))
+        for weight in select.two_hop_weights:
             scores = two_hop_scores(
                 vectors, rooms, rows.room_members, split, select.two_hop_rooms, weight
             )
-            outcomes.extend(evaluate_split(rows, scores, split, pairs, [at]))
-        scored[weight] = pooled_hit_ratio(outcomes, at)
+            outcomes[weight].extend(evaluate_split(rows, scores, split, pairs, [at]))
+    scored = {weight: pooled_hit_ratio(found, at) for weight, found in outcomes.items()}
     best = max(scored, key=lambda weight: (scored[weight], -weight))
     return Choice(choice.blocks, choice.weights, scored[best], best)
 
@@ -303,14 +301,15 @@ def test_outcomes(
 ) -> list[PairOutcome]:
     use_rooms = choice.two_hop > 0
     parts, photos = fitted_parts(rows, choice.blocks, split.fit, rooms=use_rooms)
-    vectors = combine(parts, list(choice.weights))
     if use_rooms:
+        vectors = combine(parts, list(choice.weights))
         rooms = combine(photos, list(choice.weights))
         scores = two_hop_scores(
             vectors, rooms, rows.room_members, split, style.select.two_hop_rooms, choice.two_hop
         )
     else:
-        scores = cosine_scores(vectors)
+        sims = [gram_matrix(part) for part in parts]
+        scores = weighted_scores(sims, [(p * p).sum(axis=1) for p in parts], choice.weights)
     return evaluate_split(rows, scores, split, pairs, style.hit_at)
 
 
