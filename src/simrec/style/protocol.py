@@ -133,9 +133,18 @@ def cosine_scores(vectors: np.ndarray) -> Scores:
 
 
 def pooled_hit_ratio(outcomes: list[PairOutcome], n: int) -> float:
-    """Hits over every pair's queries together (pairs weighted by their query counts)."""
-    total = sum(len(outcome.rows) for outcome in outcomes)
-    return sum(int(outcome.hits[n].sum()) for outcome in outcomes) / max(total, 1)
+    """Mean over pairs of HR@n, each pair's queries pooled over the splits given: every pair
+    counts the same, as in the goal "never worse than colour on any pair" (pooling queries
+    instead would let the ~1,000-query `other` pairs decide alone)."""
+    by_pair: dict[str, list[PairOutcome]] = {}
+    for outcome in outcomes:
+        by_pair.setdefault(outcome.pair, []).append(outcome)
+    ratios = [
+        sum(int(o.hits[n].sum()) for o in parts) / total
+        for parts in by_pair.values()
+        if (total := sum(len(o.rows) for o in parts))
+    ]
+    return float(np.mean(ratios)) if ratios else 0.0
 
 
 def weight_options(blocks: int, grid: list[float]) -> Iterator[tuple[float, ...]]:

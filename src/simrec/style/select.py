@@ -2,7 +2,7 @@
 
 Every candidate (a block, or blocks weighted together) is scored by the nested cross-fit of
 `protocol`: learned parts and combination weights fitted on training folds, the winner chosen
-by validation HR@`select_at` (pooled over every pair the catalog supports), figures on the test
+by validation HR@`select_at` (averaged over every pair the catalog supports), figures on the test
 folds. The colour histogram is one candidate, so "never worse than colour" is a real contest.
 Two-hop retrieval (held-out item → nearest room photos, its own rooms excluded → the training
 items in them) is tried on top of the chosen featurizer the same way, and reported.
@@ -257,7 +257,7 @@ def weighted_scores(sims: list[np.ndarray], squares: list[np.ndarray], weights) 
 def choose_weights(
     rows: Rows, blocks: list[str], splits: list[Split], pairs: list[str], style: StyleSettings
 ) -> Choice:
-    """The grid weights with the best validation HR pooled over `splits` (fitted on each
+    """The grid weights with the best validation HR (mean over pairs) over `splits` (fitted on each
     split's training rows)."""
     select = style.select
     at = select.select_at
@@ -399,7 +399,7 @@ def heldout_report(protocol: Protocol, style: StyleSettings) -> dict:
 
 def validation_report(protocol: Protocol) -> dict:
     return {
-        "rule": "winner = best cross-validated HR (pooled over pairs) over every fold",
+        "rule": "winner = best cross-validated HR (averaged over pairs) over every fold",
         "candidates": [choice.as_dict() for choice in protocol.selection],
         "winner": protocol.winner.as_dict(),
         "nested_folds": protocol.folds,
