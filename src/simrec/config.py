@@ -209,7 +209,9 @@ class StyleSettings(_Section):
     """Gram-matrix style recommender ("complete the look")."""
 
     backbone: Literal["vgg16", "squeezenet", "keras_model"] = "vgg16"
-    squeezenet: SqueezeNetWeightsSettings
+    # Both sections come from conf/simrec.yaml; None only so that the settings stored in
+    # bundles saved before they existed still load.
+    squeezenet: SqueezeNetWeightsSettings | None = None
     weights: Literal["imagenet", "random"] = "imagenet"
     weights_path: Path | None = None
     backbone_path: Path | None = None
@@ -235,7 +237,7 @@ class StyleSettings(_Section):
     max_n: int = 100
     seed: int = 7
     train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
-    select: StyleSelectSettings
+    select: StyleSelectSettings | None = None
 
 
 class ServingSettings(_Section):

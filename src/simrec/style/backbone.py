@@ -58,6 +58,8 @@ def keras_cache_file(name: str) -> Path:
 def default_weights_file(settings: StyleSettings) -> Path:
     """Where the backbone's ImageNet weights are looked for when weights_path is null."""
     if settings.backbone == "squeezenet":
+        if settings.squeezenet is None:
+            raise ValueError("style.backbone: squeezenet needs the style.squeezenet section")
         return Path(settings.squeezenet.path).expanduser()
     return keras_cache_file(VGG16_NOTOP_FILE)
 
@@ -124,7 +126,10 @@ def build_backbone(settings: StyleSettings) -> Backbone:
     weights_file = find_vgg16_weights(settings) if settings.weights == "imagenet" else None
     if weights_file is not None:
         if settings.backbone == "squeezenet":
-            load_pretrained(base, weights_file, settings.squeezenet.sha256)
+            sha256 = settings.squeezenet.sha256 if settings.squeezenet else None
+            if sha256 is None:
+                raise ValueError("style.squeezenet.sha256 is needed to verify the weights")
+            load_pretrained(base, weights_file, sha256)
         else:
             base.load_weights(str(weights_file))
         source = f"imagenet:{weights_file}"

@@ -200,7 +200,9 @@ class PooledBlock(Block):
         chunks = []
         batch = self.style.batch_size
         starts = range(0, len(pixels), batch)
-        for start in tqdm(starts, desc="pooled features", unit="batch", leave=False):
+        for start in tqdm(
+            starts, desc="pooled features", unit="batch", leave=False, disable=len(starts) <= 1
+        ):
             block = np.asarray(pixels[start : start + batch])
             mask = foreground_mask(block, self.style.background_threshold)
             parts = []
@@ -249,6 +251,8 @@ BLOCK_KINDS: dict[str, type[Block]] = {
 
 
 def make_block(name: str, style: StyleSettings) -> Block:
+    if style.select is None:
+        raise ValueError("the style.select section (conf/simrec.yaml) is missing")
     blocks = style.select.blocks
     if name not in blocks:
         raise ValueError(f"unknown style block {name!r}; style.select.blocks has {sorted(blocks)}")
