@@ -384,6 +384,27 @@ def style_train(
     typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
 
 
+@style_app.command("select")
+def style_select(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Choose the featurizer on held-out rooms (nested cross-fit); bundle the winner."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.select import select_style
+
+    settings = _settings(config, set_)
+    try:
+        result = select_style(
+            settings, Lakehouse(settings.lake.root), items_version, item_rooms_version
+        )
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: {result.protocol.winner.name} ({result.seconds:.0f} s)")
+
+
 @style_app.command("evaluate")
 def style_evaluate(
     pairs: Annotated[
@@ -450,6 +471,26 @@ def style_recommend(
             f"{result.category:<10} {result.rank:>4}  {result.item_id:<14} "
             f"{(result.name or '-')[:24]:<24} {result.distance:.4f}"
         )
+
+
+@style_app.command("fetch-weights")
+def style_fetch_weights(
+    destination: Annotated[
+        Path | None, typer.Option(help="Where to keep it (default: style.squeezenet.path).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Download the SqueezeNet v1.1 ImageNet weights once and verify their sha256."""
+    from simrec.style.squeezenet import WeightsChecksumError, download_weights
+
+    weights = _settings(config, set_).style.squeezenet
+    target = destination or weights.path
+    try:
+        path = download_weights(weights.url, weights.sha256, target, weights.download_timeout_s)
+    except (OSError, WeightsChecksumError) as error:
+        _fail(error)
+    typer.echo(f"SqueezeNet v1.1 ImageNet weights verified at {path}")
 
 
 @style_app.command("register")

@@ -85,7 +85,9 @@ class StyleFeaturizer:
         per_layer: list[list[np.ndarray]] = [[] for _ in self.backbone.layers]
         batch = self.settings.batch_size
         starts = range(0, len(pixels), batch)
-        for start in tqdm(starts, desc="style features", unit="batch", leave=False):
+        for start in tqdm(
+            starts, desc="style features", unit="batch", leave=False, disable=len(starts) <= 1
+        ):
             block = np.asarray(pixels[start : start + batch])
             mask = (
                 foreground_mask(block, self.settings.background_threshold)

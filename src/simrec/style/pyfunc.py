@@ -62,20 +62,28 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
 
         if "image" not in model_input.columns:
             raise ValueError("input needs an `image` column of base64-encoded image bytes")
-        rows = []
-        for position, record in enumerate(model_input.to_dict(orient="records")):
+        from simrec.style.recommend import query_vectors
+
+        records = model_input.to_dict(orient="records")
+        payloads = []
+        for position, record in enumerate(records):
             try:
-                payload = base64.b64decode(record["image"], validate=True)
+                payloads.append(base64.b64decode(record["image"], validate=True))
             except (binascii.Error, TypeError, ValueError) as error:
                 raise ValueError(
                     f"row {position}: `image` is not valid base64 ({error})"
                 ) from error
+        # Every image of the request through the featurizer as one batch.
+        vectors = query_vectors(self.bundle, payloads, [f"row {p}" for p in range(len(records))])
+        rows = []
+        for position, (record, payload) in enumerate(zip(records, payloads, strict=True)):
             results = recommend_for_payload(
                 self.bundle,
                 payload,
                 _k(record.get("k"), self.default_k, self.max_k),
                 to=_categories(record.get("categories")),
                 source=f"row {position}",
+                vector=vectors[position],
             )
             rows.extend({"query": position, **result.__dict__} for result in results)
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
