@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from simrec.config import CatalogSettings, LakeSettings
+from simrec.config import LakeSettings, load_settings
 from simrec.images import InvalidImageError
 from simrec.lake.catalog import PICKLES, CatalogSourceError, ingest_catalog
 from simrec.lake.tables import Lakehouse
@@ -77,7 +77,8 @@ def subset(ikea_dir: Path, tmp_path: Path) -> Path:
 
 
 def _ingest(lake: Lakehouse, source: Path, **kwargs: object) -> dict:
-    return ingest_catalog(lake, CatalogSettings(), LakeSettings(), source_dir=source, **kwargs)
+    catalog = load_settings().catalog
+    return ingest_catalog(lake, catalog, LakeSettings(), source_dir=source, **kwargs)
 
 
 def _rows(lake: Lakehouse, table: str, columns: list[str] | None = None) -> list[dict]:
@@ -238,7 +239,7 @@ def test_appending_a_new_image_adds_exactly_one_item(subset: Path, tmp_path: Pat
 def test_oversized_image_is_rejected_by_name(subset: Path, tmp_path: Path) -> None:
     lake = Lakehouse(tmp_path / "lake")
     size = (subset / "images" / "couch" / f"{SOFA_KEY}.jpg").stat().st_size
-    settings = CatalogSettings(max_image_bytes=size - 1)
+    settings = load_settings().catalog.model_copy(update={"max_image_bytes": size - 1})
     with pytest.raises(InvalidImageError, match=rf"{SOFA_KEY}\.jpg: {size} bytes exceeds"):
         ingest_catalog(lake, settings, LakeSettings(), source_dir=subset)
     assert not any(lake.exists(name) for name in ("catalog_items", "catalog_rooms"))

@@ -44,6 +44,7 @@ class CatalogSettings(_Section):
     source_dir: Path = Path("../shared/data/ikea")
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_items: int | None = None
 
 
@@ -194,6 +195,10 @@ class ServingSettings(_Section):
     max_body_bytes: int = 10 * 2**20
     max_batch_size: int = 64
     max_image_pixels: int = 25_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
+    max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
+    max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
+    shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
     search_threads: int = 1
     thumbnail_size: int = 64
     registered_model: str = "simrec-fashion"
