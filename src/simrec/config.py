@@ -216,6 +216,7 @@ class AppSettings(_Section):
     style_api_url: str | None = None
     style_api_url_env: str = "SIMREC_STYLE_API_URL"
     token_env: str = "SIMREC_API_TOKEN"
+    token_file: Path | None  # a mounted Secret; wins over token_env
     fashion_model_uri: str = "models:/simrec-fashion@champion"
     style_model_uri: str = "models:/simrec-style@champion"
     sample_grid: int = 12
