@@ -33,7 +33,9 @@ def recommend_for_image(
             str(image_path),
             settings.serving.max_image_pixels,
             settings.serving.image_formats,
-        ), settings.model.image_size, settings.model.channels
+        ),
+        settings.model.image_size,
+        settings.model.channels,
     )
     setup_mlflow(settings.mlflow)
     model = load_embedding_model(run_id)
