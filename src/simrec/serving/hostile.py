@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 JSON_TYPE = "application/json"
+BOMB_BLOCK_BYTES = 1 << 20  # a bomb's rows are compressed this many bytes at a time
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 def png_bomb(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of width×height pixels that compresses to almost nothing."""
     row = b"\x00" * (1 + (width + 7) // 8)
+    rows_per_block = max(1, BOMB_BLOCK_BYTES // len(row))
     compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    blocks = [compressor.compress(row * rows_per_block) for _ in range(height // rows_per_block)]
+    blocks.append(compressor.compress(row * (height % rows_per_block)))
+    data = b"".join(blocks) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
