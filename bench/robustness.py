@@ -95,9 +95,9 @@ def _corpus_run(server, model: str) -> dict[str, object]:
     not_json, worst_growth, worst_case = 0, 0, ""
     with httpx.Client(timeout=REQUEST_TIMEOUT_S * 2) as client:
         for case in cases:
-            before = server.resident_bytes()
-            status, body = send(client, server.url, server.token, case)
-            growth = server.resident_bytes() - before
+            (status, body), growth = server.peak_growth(
+                lambda case=case: send(client, server.url, server.token, case)
+            )
             if growth > worst_growth:
                 worst_growth, worst_case = growth, case.name
             statuses[status] += 1

@@ -317,13 +317,19 @@ def hostile_corpus(
     return cases
 
 
-def resident_bytes(pid: int) -> int:
-    """The resident set size of process `pid` (Linux /proc), in bytes."""
+def resident_bytes(pid: int, field: str = "VmRSS") -> int:
+    """The resident set size of process `pid` (Linux /proc), in bytes; `VmHWM`: its peak."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError(f"no VmRSS for process {pid}")
+    raise OSError(f"no {field} for process {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Reset the peak resident size (VmHWM) of `pid` to its current one (Linux ≥ 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def send(client: object, url: str, token: str, case: HostileCase) -> tuple[int, bytes]:
@@ -370,6 +376,14 @@ class ServerProcess:
 
     def resident_bytes(self) -> int:
         return resident_bytes(self.pid)
+
+    def peak_growth(self, call: Callable[[], object]) -> tuple[object, int]:
+        """`call()`'s result and how far the server's resident memory rose above where it was
+        at the start while it ran (its peak, not what is left afterwards)."""
+        before = self.resident_bytes()
+        reset_peak(self.pid)
+        result = call()
+        return result, resident_bytes(self.pid, "VmHWM") - before
 
     def stop(self, timeout: float = 30) -> str:
         """SIGTERM, wait, and return what the server printed."""
