@@ -230,10 +230,7 @@ class GuardedApp:
         if scope["type"] != "http":  # websockets: nothing here speaks them
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if not self._authorized(scope):
+        if scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             await send_json_error(
                 send,
                 401,

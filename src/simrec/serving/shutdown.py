@@ -51,6 +51,9 @@ class BoundedShutdownServer(uvicorn.Server):
 
 def run_until_terminated(config: uvicorn.Config, shutdown_seconds: float | None) -> None:
     """Run `config`'s app until a signal; exit within `shutdown_seconds` of the first one."""
+    from simrec.serving.protocol import JsonErrorsHttpToolsProtocol
+
+    config.http = JsonErrorsHttpToolsProtocol  # malformed HTTP gets a JSON 400 too
     if shutdown_seconds is not None:
         config.timeout_graceful_shutdown = max(1, int(shutdown_seconds * GRACEFUL_SHARE))
     server = BoundedShutdownServer(config, shutdown_seconds)
