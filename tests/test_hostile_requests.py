@@ -152,20 +152,29 @@ def test_hostile_corpus_gets_json_4xx_or_2xx_and_bounded_memory(store, model: st
 
 
 def test_over_limit_body_gets_a_readable_413(store) -> None:
+    """Sent with http.client, which writes the whole body before reading (as curl does)."""
+    import http.client
+
     server = _serve(store, "fashion", "--set=serving.max_body_bytes=1048576")
+    host, port = server.url.removeprefix("http://").split(":")
     try:
         for size in (64 * 2**20, 3 * 2**20):
-            response = httpx.post(
-                f"{server.url}/invocations",
-                content=b"x" * size,
-                headers={
-                    "Authorization": f"Bearer {server.token}",
-                    "Content-Type": "application/json",
-                },
-                timeout=60,
-            )
-            assert response.status_code == 413, response.text
-            assert response.json()["error_code"] == "REQUEST_TOO_LARGE"
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                connection.request(
+                    "POST",
+                    "/invocations",
+                    body=b"x" * size,
+                    headers={
+                        "Authorization": f"Bearer {server.token}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                response = connection.getresponse()
+                assert response.status == 413
+                assert json.loads(response.read())["error_code"] == "REQUEST_TOO_LARGE"
+            finally:
+                connection.close()
         assert _good_request(server).status_code == 200
     finally:
         server.stop()

@@ -200,3 +200,71 @@ def test_the_app_reads_its_token_from_a_mounted_file(tmp_path: Path, monkeypatch
     settings = load_settings().app
     assert api_token(settings) == "from-the-environment-0123"
     assert api_token(settings.model_copy(update={"token_file": token_file})) == TOKEN
+
+
+# -- the guard behind a real uvicorn on 127.0.0.1 (in a thread) -----------------------------
+@pytest.fixture
+def live_guard():
+    """The guard (1 MiB body limit, 128 MiB drained) under uvicorn with simrec's protocol."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from simrec.serving.protocol import JsonErrorsHttpToolsProtocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    guard = GuardedApp(_ok_app, TOKEN, 1 << 20, SCHEMA, None, 128 << 20)
+    config = uvicorn.Config(
+        guard, log_level="warning", lifespan="off", http=JsonErrorsHttpToolsProtocol
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def test_an_over_limit_body_gets_a_413_the_client_reads(live_guard: str) -> None:
+    """A 64 MB body used to be answered by resetting the connection mid-upload. Sent with
+    http.client, which (like curl and requests) writes the whole body before it reads: httpx
+    would read an early answer even from a connection being reset."""
+    import http.client
+
+    host, port = live_guard.removeprefix("http://").split(":")
+    for size in (64 * 2**20, 3 * 2**20):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request(
+                "POST",
+                "/invocations",
+                body=b"x" * size,
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            assert response.status == 413
+            assert json.loads(response.read())["error_code"] == "REQUEST_TOO_LARGE"
+        finally:
+            connection.close()
+
+
+def test_malformed_http_gets_a_json_400(live_guard: str) -> None:
+    import socket
+
+    host, port = live_guard.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Bad: \x7f\x00\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error_code"] == "BAD_REQUEST"
