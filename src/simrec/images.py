@@ -69,7 +69,7 @@ def _open_header(
         ) from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(
-            f"{source}: more pixels than the limit of {max_pixels} pixels ({error})"
+            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
@@ -107,7 +107,7 @@ def open_image(
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(
-            f"{source}: more pixels than the limit of {max_pixels} pixels ({error})"
+            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
