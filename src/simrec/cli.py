@@ -642,6 +642,7 @@ def serve(
     set_: SetOption = None,
 ) -> None:
     """Serve the packaged model over HTTP, bearer token required on /invocations."""
+    from simrec.serving.limits import RequestLimits
     from simrec.serving.server import serve as run_server
     from simrec.serving.tokens import TokenError, load_token
     from simrec.tracking import setup_mlflow
@@ -659,6 +660,9 @@ def serve(
         host or serving.host,
         port or serving.port,
         serving.max_body_bytes,
+        limits=RequestLimits.from_settings(serving),
+        max_drain_bytes=serving.max_drain_bytes,
+        shutdown_seconds=serving.shutdown_seconds,
     )
 
 

@@ -49,6 +49,7 @@ class CatalogSettings(_Section):
     download_timeout_s: float = Field(gt=0)
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_items: int | None = None
 
 
@@ -253,6 +254,10 @@ class ServingSettings(_Section):
     max_body_bytes: int = 10 * 2**20
     max_batch_size: int = 64
     max_image_pixels: int = 25_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
+    max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
+    max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
+    shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
     search_threads: int = 1
     thumbnail_size: int = 64
     registered_model: str = "simrec-fashion"
@@ -270,6 +275,7 @@ class AppSettings(_Section):
     style_api_url: str | None = None
     style_api_url_env: str = "SIMREC_STYLE_API_URL"
     token_env: str = "SIMREC_API_TOKEN"
+    token_file: Path | None  # a mounted Secret; wins over token_env
     fashion_model_uri: str = "models:/simrec-fashion@champion"
     style_model_uri: str = "models:/simrec-style@champion"
     sample_grid: int = 12

@@ -359,7 +359,7 @@ def read_image(path: Path, settings: CatalogSettings) -> bytes:
         payload = handle.read(limit + 1)  # never more than the limit, even if the file grew
     if len(payload) > limit:
         raise InvalidImageError(f"{source}: more than the limit of {limit} bytes")
-    open_image(payload, source, settings.max_image_pixels)
+    open_image(payload, source, settings.max_image_pixels, settings.image_formats)
     return payload
 
 

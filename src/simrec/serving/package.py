@@ -204,6 +204,7 @@ def bundle_config(settings: Settings) -> BundleConfig:
         max_k=settings.recommend.max_k,
         max_batch_size=settings.serving.max_batch_size,
         max_image_pixels=settings.serving.max_image_pixels,
+        image_formats=tuple(settings.serving.image_formats),
         search_threads=settings.serving.search_threads,
     )
 

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pydantic import BaseModel, ConfigDict
 
-from simrec.images import InvalidImageError, open_image, to_array
+from simrec.images import DEFAULT_FORMATS, InvalidImageError, open_image, to_array
 from simrec.index.faiss_index import EmbeddingIndex, IndexMismatchError
 
 IMAGE_COLUMN = "image"
@@ -62,6 +62,8 @@ class BundleConfig(BaseModel):
     max_k: int
     max_batch_size: int
     max_image_pixels: int
+    # Bundles packaged before the allow-list decode what the decoder accepts by default.
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS
     search_threads: int = 1
 
 
@@ -78,7 +80,7 @@ def decode_query_image(text: object, position: int, config: BundleConfig) -> np.
         image_bytes = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidImageError(f"{source}: not valid base64 ({error})") from error
-    image = open_image(image_bytes, source, config.max_image_pixels)
+    image = open_image(image_bytes, source, config.max_image_pixels, config.image_formats)
     try:
         return to_array(image, config.image_size, config.channels)
     except (OSError, ValueError) as error:
