@@ -1,0 +1,56 @@
+"""Pictures as the page shows them: any decodable image → an 8-bit PNG of a readable width.
+
+Small images (Fashion-MNIST's 28×28) are enlarged by a whole factor with nearest-neighbour, so
+they stay sharp instead of being blurred by the browser; large photos are shrunk. Modes a browser
+or Streamlit cannot show (16-bit, float, CMYK, palette) become RGB/L first, so `st.image` only
+ever sees a PNG this module wrote.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from simrec.images import InvalidImageError, open_image
+
+# Modes Pillow can write to PNG as they are; everything else is converted to RGB first.
+_PNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and float images scaled to 0–255 by their own range; others via Pillow's convert."""
+    if image.mode in _PNG_MODES:
+        return image
+    if image.mode.startswith(("I", "F")):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        span = high - low or 1.0
+        scaled = np.nan_to_num((values - low) / span * 255.0)
+        return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGBA" if "transparency" in image.info else "RGB")
+
+
+def resized(image: Image.Image, width: int) -> Image.Image:
+    """`image` at about `width` pixels wide: enlarged by a whole factor (nearest-neighbour) or
+    shrunk (Lanczos); the aspect ratio is kept."""
+    if image.width < width:
+        factor = max(1, width // image.width)
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    if image.width > width:
+        height = max(1, round(image.height * width / image.width))
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def display_png(payload: bytes, width: int, source: str, max_pixels: int) -> bytes:
+    """PNG bytes of `payload` ready for `st.image`; raises InvalidImageError with `source`."""
+    image = open_image(payload, source, max_pixels)
+    try:
+        shown = resized(_eight_bit(image), width)
+        buffer = io.BytesIO()
+        shown.save(buffer, format="PNG")
+    except (OSError, ValueError, TypeError) as error:
+        raise InvalidImageError(f"{source}: cannot be shown ({error})") from error
+    return buffer.getvalue()
