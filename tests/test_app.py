@@ -4,6 +4,7 @@ end-to-end run of `simrec app` in headless Debian chromium (Playwright)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import time
@@ -199,6 +200,180 @@ def test_wrong_token_is_a_message(app_env, store) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _result_captions(app: AppTest) -> list[str]:
+    return [c for c in _captions(app) if c.startswith("#")]
+
+
+def test_answer_says_which_model_answered_and_how_fast(app_env) -> None:
+    app = _pick_first(_app(), "fashion")
+    answered = [c for c in _captions(app) if c.startswith("Answered by")]
+    assert len(answered) == 1, _captions(app)
+    # name, version, alias and the Delta table version the model was trained on, then time
+    assert re.fullmatch(
+        r"Answered by simrec-fashion v1 \(@champion\), trained on fashion_mnist v\d+ "
+        r"in \d+ ms",
+        answered[0],
+    ), answered[0]
+
+
+def test_more_like_this_requeries_by_the_catalog_item(app_env) -> None:
+    app = _pick_first(_app(), "fashion")
+    more = next(b for b in app.button if b.key.startswith("fashion_more_"))
+    item_id = more.key.rsplit("_", 1)[1]
+    more.click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    query = app.session_state["fashion_query"]
+    assert query["item_id"] == item_id  # asked by id, not by a re-uploaded file
+    assert any(c.startswith("More like: ") and item_id in c for c in _captions(app))
+    results = _result_captions(app)
+    ranks = sorted(int(c.split()[0][1:]) for c in results)  # the grid lists column by column
+    assert ranks == [1, 2, 3, 4, 5]
+    keys = [b.key for b in app.button if b.key.startswith("fashion_more_")]
+    assert all(not key.endswith(f"_{item_id}") for key in keys)  # the item is not its own match
+
+
+def test_more_like_this_on_furniture_keeps_the_categories(app_env) -> None:
+    app = _app("Furniture")
+    app.multiselect(key="furniture_targets").set_value(["table", "sofa"]).run()
+    app.slider[0].set_value(2).run()
+    _pick_first(app, "furniture")
+    more = next(b for b in app.button if b.key.startswith("furniture_more_table_"))
+    item_id = more.key.rsplit("_", 1)[1]
+    more.click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert [s.value for s in app.subheader] == ["table", "sofa"]
+    keys = [b.key for b in app.button if b.key.startswith("furniture_more_")]
+    assert len(keys) == 4 and all(not key.endswith(f"_{item_id}") for key in keys)
+
+
+def _encoded(image, fmt: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _awkward_uploads() -> dict[str, bytes]:
+    import numpy as np
+    from PIL import Image
+
+    jpeg = _encoded(Image.new("RGB", (64, 64), "olive"), "JPEG")
+    return {
+        "deep.png": _encoded(
+            Image.fromarray(np.arange(0, 65_536, 64, dtype=np.uint16).reshape(32, 32)), "PNG"
+        ),
+        "print.jpg": _encoded(Image.new("CMYK", (48, 48), (10, 200, 30, 0)), "JPEG"),
+        "scan.tif": _encoded(
+            Image.fromarray(np.linspace(0, 1, 1024, dtype=np.float32).reshape(32, 32)), "TIFF"
+        ),
+        "cut.jpg": jpeg[: len(jpeg) // 2],
+    }
+
+
+@pytest.mark.parametrize("name", ["deep.png", "print.jpg", "scan.tif", "cut.jpg"])
+def test_awkward_upload_is_results_or_a_message_never_a_traceback(app_env, name) -> None:
+    app = _app()
+    # AppTest cannot drive st.file_uploader: put what an upload stores into session state.
+    app.session_state["fashion_query"] = {"image": _awkward_uploads()[name], "source": name}
+    app.run()
+    assert not app.exception, app.exception
+    errors = [e.value for e in app.error]
+    if name == "cut.jpg":
+        assert errors and f"{name}: corrupt or truncated image" in errors[0]
+    else:  # the model can use it: the query is shown and answered
+        assert not errors, errors
+        assert len(_result_captions(app)) == 5
+
+
+def test_models_are_loaded_once_per_process(app_env, monkeypatch) -> None:
+    import streamlit as st
+
+    loads = []
+    real_load = mlflow.pyfunc.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    st.cache_resource.clear()
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", counting_load)
+    app = _pick_first(_app(), "fashion")
+    app.slider[0].set_value(3).run()
+    _pick_first(app, "fashion")
+    _pick_first(_app(), "fashion")  # a second browser session in the same process
+    assert not app.error, [e.value for e in app.error]
+    assert len(loads) == 1
+
+
+def test_upload_limit_and_error_details_reach_streamlit(store) -> None:
+    from simrec.app.launch import streamlit_command
+    from simrec.config import DEFAULT_CONFIG, load_settings
+
+    app = load_settings(f"{DEFAULT_CONFIG}{os.pathsep}{store}").app
+    command = streamlit_command("127.0.0.1", 8501, None, [], app)
+    flags = dict(zip(command[::1], command[1::1], strict=False))
+    assert int(flags["--server.maxUploadSize"]) * 2**20 == app.max_upload_bytes
+    assert flags["--client.showErrorDetails"] == "none"
+
+
+def _serve(model, token: str, port: int):
+    import threading
+
+    import uvicorn
+
+    from simrec.serving.server import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(model, token, 1 << 20),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    return server, thread
+
+
+def _stop(server, thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_app_survives_a_model_server_restart(app_env) -> None:
+    """A real `simrec serve` app that stops and comes back on the same port: a message while
+    it is down, results again once it is back, in the same browser session."""
+    from simrec.config import load_settings
+
+    settings = load_settings()
+    setup_mlflow(settings.mlflow)
+    model = mlflow.pyfunc.load_model(settings.app.fashion_model_uri)
+    token, port = "restart-token-0123456789", _free_port()
+    app_env.setenv("SIMREC_API_URL", f"http://127.0.0.1:{port}")
+    app_env.setenv("SIMREC_API_TOKEN", token)
+    running = _serve(model, token, port)
+    try:
+        app = _pick_first(_app(), "fashion")
+        assert not app.error and len(_result_captions(app)) == 5
+        _stop(*running)
+        app.slider[0].set_value(4).run()
+        assert not app.exception
+        assert "not reachable" in app.error[0].value
+        running = _serve(model, token, port)
+        app.slider[0].set_value(3).run()
+        assert not app.error, [e.value for e in app.error]
+        assert len(_result_captions(app)) == 3
+    finally:
+        _stop(*running)
 
 
 # -- a real browser ---------------------------------------------------------------------------

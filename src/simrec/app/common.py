@@ -208,7 +208,8 @@ def checked_query(query: dict) -> bool:
         st.error(f"Cannot use this upload: {error}. Upload a PNG, JPEG or other image file.")
         return False
     label = "More like" if "item_id" in query else "Query"
-    st.image(shown, caption=f"{label}: {query['source']}", width=app.query_px)
+    st.image(shown, width=app.query_px)
+    st.caption(f"{label}: {query['source']}")
     return True
 
 
