@@ -409,6 +409,10 @@ def test_every_picture_loads_in_headless_chromium(store, tmp_path) -> None:
     """Both pages, a pick, "more like this", and uploads through the file chooser, in Debian
     chromium: fails if any visible image did not load or any response was 4xx/5xx. Never
     skips: without chromium or Playwright it fails with the reason."""
+    browser_tour(store, tmp_path)
+
+
+def browser_tour(store: Path, tmp_path: Path) -> None:
     from simrec.config import DEFAULT_CONFIG, load_settings
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -430,10 +434,11 @@ def test_every_picture_loads_in_headless_chromium(store, tmp_path) -> None:
             chooser = page.locator("[data-testid='stFileUploaderDropzoneInput']").first
             chooser.wait_for(state="attached", timeout=STEP_MS)
             offered = chooser.get_attribute("accept") or ""
-            assert offered and all(
-                t.strip().startswith((".", "image/")) for t in offered.split(",")
-            )
-            assert ".txt" not in offered
+            # Only image types (and Streamlit's own marker type) are offered to choose from.
+            offered_types = {kind.strip() for kind in offered.split(",")} - {
+                "application/streamlit"
+            }
+            assert offered_types == {f".{kind}" for kind in settings.app.upload_types}, offered
 
             # Fashion: a sample → the query and k results, each with its picture.
             browser.pick_first_sample(page, f"{k} most similar items", STEP_MS)

@@ -130,17 +130,24 @@ class ResponseWatch:
             self.failed.append(f"{response.status} {response.url}")
 
 
-def wait_for_images(page, minimum: int, timeout_ms: float) -> list[str]:
-    """Wait until at least `minimum` images are visible and all of them loaded; returns the
-    sources of visible images that did not load (empty when all did)."""
+def wait_for_images(page, minimum: int, timeout_ms: float, settle_ms: float = 750) -> list[str]:
+    """Wait until at least `minimum` images are visible and every one has loaded, and stays so
+    for `settle_ms` (a Streamlit rerun swaps images in); returns the sources of visible images
+    that did not load by the deadline (empty when all did)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    # On a timeout, report what is broken rather than the timeout.
-    with contextlib.suppress(PlaywrightTimeout):
-        page.wait_for_function(
-            f"() => ({_VISIBLE_IMAGES_JS})() >= {minimum} && ({_BROKEN_IMAGES_JS})().length === 0",
-            timeout=timeout_ms,
-        )
+    condition = (
+        f"() => ({_VISIBLE_IMAGES_JS})() >= {minimum} && ({_BROKEN_IMAGES_JS})().length === 0"
+    )
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        left_ms = max(1.0, (deadline - time.monotonic()) * 1000)
+        # On a timeout, report what is broken rather than the timeout.
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function(condition, timeout=left_ms)
+            page.wait_for_timeout(settle_ms)
+            if page.evaluate(condition):
+                return []
     broken = page.evaluate(_BROKEN_IMAGES_JS)
     visible = page.evaluate(_VISIBLE_IMAGES_JS)
     if visible < minimum:
@@ -174,7 +181,12 @@ def open_page(page, name: str, timeout_ms: float) -> None:
 
 def choose_categories(page, categories: list[str], timeout_ms: float) -> None:
     """Pick each of `categories` in the page's (only) multiselect."""
+    field = page.get_by_test_id("stMultiSelect").first.locator("input")
     for category in categories:
-        page.get_by_test_id("stMultiSelect").first.click(timeout=timeout_ms)
-        page.get_by_role("option", name=category, exact=True).click(timeout=timeout_ms)
+        field.click(timeout=timeout_ms)
+        field.fill(category, timeout=timeout_ms)
+        page.get_by_role("option", name=category, exact=True).wait_for(timeout=timeout_ms)
+        page.keyboard.press("Enter")
+        chosen = page.get_by_test_id("stMultiSelect").first.get_by_text(category, exact=True)
+        chosen.first.wait_for(timeout=timeout_ms)
     page.keyboard.press("Escape")
