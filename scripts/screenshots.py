@@ -24,7 +24,7 @@ from simrec.app import browser
 from simrec.config import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-VIEWPORT = (1280, 1100)
+VIEWPORT = (1280, 2600)  # tall: Streamlit scrolls inside the page, so show it all
 STEP_MS = 180_000
 MAX_WIDTH = 1000  # README pictures: readable on GitHub, a few hundred kB at most
 COLOURS = 128
@@ -66,8 +66,10 @@ def take(out: Path, categories: list[str]) -> dict[str, Path]:
             browser.choose_categories(page, categories, STEP_MS)
             browser.pick_first_sample(page, categories[0], STEP_MS)
             page.get_by_role("heading", name=categories[-1]).wait_for(timeout=STEP_MS)
-            n = min(settings.style.n, 5)
-            shots["furniture"] = _checked(page, watch, grid + 1 + n * len(categories), "furniture")
+            # A small catalog may hold fewer than n items of a category: count what is listed.
+            shots["furniture"] = _checked(
+                page, watch, grid + 1 + browser.result_count(page), "furniture"
+            )
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, screenshot in shots.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -190,3 +191,8 @@ def choose_categories(page, categories: list[str], timeout_ms: float) -> None:
         chosen = page.get_by_test_id("stMultiSelect").first.get_by_text(category, exact=True)
         chosen.first.wait_for(timeout=timeout_ms)
     page.keyboard.press("Escape")
+
+
+def result_count(page) -> int:
+    """How many results the page lists (their captions start with "#rank ")."""
+    return page.get_by_text(re.compile(r"^#\d+ ")).count()

@@ -19,7 +19,7 @@ from simrec.app.backend import (
     configured_url,
     make_backend,
 )
-from simrec.app.pictures import display_png
+from simrec.app.pictures import data_url, display_png
 from simrec.config import Settings, load_settings
 from simrec.images import InvalidImageError
 from simrec.lake.tables import Lakehouse
@@ -135,10 +135,11 @@ def page_style() -> None:
     st.html(PAGE_STYLE)
 
 
-def picture(payload: bytes, width: int, source: str) -> bytes | None:
-    """`payload` as a PNG `width` wide for st.image, or None (logged) when it cannot be shown."""
+def picture(payload: bytes, width: int, source: str) -> str | None:
+    """`payload` as a PNG data URL `width` wide for st.image, or None (logged) when it cannot
+    be shown."""
     try:
-        return display_png(payload, width, source, settings().serving.max_image_pixels)
+        return data_url(display_png(payload, width, source, settings().serving.max_image_pixels))
     except InvalidImageError as error:
         log.warning("cannot show %s", error)
         return None
@@ -208,7 +209,7 @@ def checked_query(query: dict) -> bool:
         st.error(f"Cannot use this upload: {error}. Upload a PNG, JPEG or other image file.")
         return False
     label = "More like" if "item_id" in query else "Query"
-    st.image(shown, width=app.query_px)
+    st.image(data_url(shown), width=app.query_px)
     st.caption(f"{label}: {query['source']}")
     return True
 

@@ -1,13 +1,21 @@
-"""Pictures as the page shows them: any decodable image → an 8-bit PNG of a readable width.
+"""Pictures as the page shows them: any decodable image → an 8-bit PNG of a readable width,
+handed to `st.image` as a `data:` URL.
 
 Small images (Fashion-MNIST's 28×28) are enlarged by a whole factor with nearest-neighbour, so
 they stay sharp instead of being blurred by the browser; large photos are shrunk. Modes a browser
 or Streamlit cannot show (16-bit, float, CMYK, palette) become RGB/L first, so `st.image` only
 ever sees a PNG this module wrote.
+
+Why data URLs rather than bytes: `st.image(bytes)` stores each picture in Streamlit's media file
+manager and the browser fetches `/media/<hash>`; a rerun that starts while the browser is still
+fetching (a click soon after another) drops the previous run's files, and those pictures stay
+broken with a 404 (streamlit/streamlit#1294, #4825; seen here in the browser test). A data URL
+travels inside the page update itself, so a picture that is on the page has its bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -54,3 +62,8 @@ def display_png(payload: bytes, width: int, source: str, max_pixels: int) -> byt
     except (OSError, ValueError, TypeError) as error:
         raise InvalidImageError(f"{source}: cannot be shown ({error})") from error
     return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    """`png` as a `data:image/png;base64,…` URL (st.image shows it without the media manager)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
