@@ -469,7 +469,7 @@ def browser_tour(store: Path, tmp_path: Path) -> None:
             browser.pick_first_sample(page, "table", STEP_MS)
             page.get_by_role("heading", name="sofa").wait_for(timeout=STEP_MS)
             n = min(settings.style.n, 5)
-            assert browser.result_count(page) == 2 * n
             _assert_all_loaded(page, watch, grid + 1 + 2 * n, "furniture-pick")
+            assert browser.result_count(page) == 2 * n
     except browser.BrowserMissingError as error:
         pytest.fail(f"the browser test cannot run: {error}")
