@@ -45,6 +45,10 @@ _VISIBLE_IMAGES_JS = """() => Array.from(document.images)
   })
   .length"""
 
+# Streamlit shows its "running" icon while a script run is in progress.
+_IDLE_JS = """() => !document.querySelector(
+  "[data-testid='stStatusWidgetRunningIcon'], [data-testid='stStatusWidgetRunningManIcon']")"""
+
 
 class BrowserMissingError(RuntimeError):
     """No chromium or no Playwright: the browser check cannot run (and must not pass)."""
@@ -132,13 +136,14 @@ class ResponseWatch:
 
 
 def wait_for_images(page, minimum: int, timeout_ms: float, settle_ms: float = 750) -> list[str]:
-    """Wait until at least `minimum` images are visible and every one has loaded, and stays so
-    for `settle_ms` (a Streamlit rerun swaps images in); returns the sources of visible images
-    that did not load by the deadline (empty when all did)."""
+    """Wait until the script run has finished, at least `minimum` images are visible and every
+    one has loaded, and it stays so for `settle_ms` (a Streamlit rerun swaps images in).
+    Returns the sources of visible images that did not load by the deadline (empty: all did)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     condition = (
-        f"() => ({_VISIBLE_IMAGES_JS})() >= {minimum} && ({_BROKEN_IMAGES_JS})().length === 0"
+        f"() => ({_IDLE_JS})() && ({_VISIBLE_IMAGES_JS})() >= {minimum}"
+        f" && ({_BROKEN_IMAGES_JS})().length === 0"
     )
     deadline = time.monotonic() + timeout_ms / 1000
     while time.monotonic() < deadline:
@@ -151,6 +156,8 @@ def wait_for_images(page, minimum: int, timeout_ms: float, settle_ms: float = 75
                 return []
     broken = page.evaluate(_BROKEN_IMAGES_JS)
     visible = page.evaluate(_VISIBLE_IMAGES_JS)
+    if not page.evaluate(_IDLE_JS):
+        broken.append("the app was still running")
     if visible < minimum:
         broken.append(f"only {visible} visible images, expected at least {minimum}")
     return broken
