@@ -706,7 +706,7 @@ def run_app(
 
     settings = _settings(config, set_)
     command = streamlit_command(
-        address or settings.app.address, port or settings.app.port, config, set_ or []
+        address or settings.app.address, port or settings.app.port, config, set_ or [], settings.app
     )
     # exec: signals (Ctrl-C, the container's SIGTERM) reach streamlit itself.
     os.execve(command[0], command, streamlit_env())

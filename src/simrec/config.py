@@ -281,6 +281,10 @@ class AppSettings(_Section):
     sample_grid: int = 12
     grid_columns: int = 6
     max_upload_bytes: int = 10 * 2**20
+    upload_types: list[str] = Field(min_length=1)
+    thumbnail_px: int = Field(gt=0)
+    query_px: int = Field(gt=0)
+    show_error_details: Literal["full", "stacktrace", "type", "none"]
 
 
 class SearchDimension(_Section):

@@ -5,6 +5,10 @@
 models' signature defines (`image` base64, `k`, and for furniture `categories`) and give
 `Recommendation`s; every failure a user can cause or meet becomes a `BackendError` whose
 message is meant to be shown as is.
+
+"More like this" asks by catalog item id (`item_id` instead of `image`, the item itself
+excluded: the by-id contract of issue 14). A registered model whose signature predates that
+contract is asked with the item's stored picture instead, and the item is dropped from its answer.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from __future__ import annotations
 import base64
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from simrec.app.model_info import ModelInfo, registered_model_info
 from simrec.config import AppSettings
 from simrec.serving.client import (
     AuthenticationError,
@@ -72,8 +77,27 @@ def _request_record(image: bytes, k: int, categories: list[str] | None) -> dict[
     return record
 
 
+def _item_record(item_id: str, k: int, categories: list[str] | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"item_id": item_id, "k": k}
+    if categories:
+        record["categories"] = ",".join(categories)
+    return record
+
+
+def without_item(found: list[Recommendation], item_id: str, k: int) -> list[Recommendation]:
+    """`found` less `item_id`, at most k, ranked again from 1 (per category for furniture)."""
+    kept: list[Recommendation] = []
+    rank_in: dict[str | None, int] = {}
+    for item in found:
+        if item.item_id == item_id or rank_in.get(item.category, 0) >= k:
+            continue
+        rank_in[item.category] = rank_in.get(item.category, 0) + 1
+        kept.append(replace(item, rank=rank_in[item.category]))
+    return kept
+
+
 class Backend(ABC):
-    """Recommendations for one query image."""
+    """Recommendations for one query image, or for one catalog item ("more like this")."""
 
     description: str
 
@@ -81,6 +105,25 @@ class Backend(ABC):
     def recommend(
         self, image: bytes, k: int, categories: list[str] | None = None
     ) -> list[Recommendation]: ...
+
+    @abstractmethod
+    def similar_to_item(
+        self,
+        item_id: str,
+        k: int,
+        categories: list[str] | None = None,
+        stored_image: bytes | None = None,
+    ) -> list[Recommendation]:
+        """The k items most like catalog item `item_id`, itself excluded. `stored_image` is
+        the item's picture, used only where the model cannot look items up by id."""
+
+    def model_info(self) -> ModelInfo | None:
+        """The registered model answering, when this app can tell."""
+        return None
+
+    def prepare(self) -> None:
+        """Do the slow part (loading a model) now, once, rather than in the first answer."""
+        return None  # a REST backend has nothing to load
 
 
 class RestBackend(Backend):
@@ -91,8 +134,20 @@ class RestBackend(Backend):
     def recommend(
         self, image: bytes, k: int, categories: list[str] | None = None
     ) -> list[Recommendation]:
+        return self._ask(_request_record(image, k, categories))
+
+    def similar_to_item(
+        self,
+        item_id: str,
+        k: int,
+        categories: list[str] | None = None,
+        stored_image: bytes | None = None,
+    ) -> list[Recommendation]:
+        return self._ask(_item_record(item_id, k, categories))
+
+    def _ask(self, record: dict[str, Any]) -> list[Recommendation]:
         try:
-            rows = self._client.predict([_request_record(image, k, categories)])
+            rows = self._client.predict([record])
         except ServerUnavailableError as error:
             raise BackendError(f"The recommendation server is not reachable: {error}") from error
         except AuthenticationError as error:
@@ -101,7 +156,8 @@ class RestBackend(Backend):
                 "SIMREC_API_TOKEN or the `api_token` Streamlit secret."
             ) from error
         except RequestRejectedError as error:
-            raise BackendError(f"The server rejected this image: {error.message}") from error
+            what = "this item" if "item_id" in record else "this image"
+            raise BackendError(f"The server rejected {what}: {error.message}") from error
         except ServerError as error:
             raise BackendError(f"The recommendation server failed: {error}") from error
         return recommendations(rows)
@@ -114,6 +170,7 @@ class InProcessBackend(Backend):
         self.description = f"model {model_uri} (in-process)"
         self._model_uri = model_uri
         self._model = None
+        self._info: ModelInfo | None = None
 
     def _loaded(self):
         if self._model is None:
@@ -126,19 +183,47 @@ class InProcessBackend(Backend):
                     f"Cannot load {self._model_uri}: {error}. Register a model first "
                     "(`simrec package` / `simrec style register`) or configure an API URL."
                 ) from error
+            self._info = registered_model_info(self._model_uri)
         return self._model
+
+    def model_info(self) -> ModelInfo | None:
+        return self._info
+
+    def prepare(self) -> None:
+        self._loaded()
+
+    def _predict(self, record: dict[str, Any], what: str) -> list[Recommendation]:
+        model = self._loaded()
+        try:
+            answer = model.predict(pd.DataFrame([record]))
+        except (MlflowException, ValueError) as error:
+            message = getattr(error, "message", None) or str(error)
+            raise BackendError(f"The model cannot use {what}: {message}") from error
+        return recommendations(answer.to_dict(orient="records"))
 
     def recommend(
         self, image: bytes, k: int, categories: list[str] | None = None
     ) -> list[Recommendation]:
-        model = self._loaded()
-        frame = pd.DataFrame([_request_record(image, k, categories)])
-        try:
-            answer = model.predict(frame)
-        except (MlflowException, ValueError) as error:
-            message = getattr(error, "message", None) or str(error)
-            raise BackendError(f"The model cannot use this image: {message}") from error
-        return recommendations(answer.to_dict(orient="records"))
+        return self._predict(_request_record(image, k, categories), "this image")
+
+    def _answers_by_id(self) -> bool:
+        schema = self._loaded().metadata.get_input_schema()
+        return schema is not None and "item_id" in (schema.input_names() or [])
+
+    def similar_to_item(
+        self,
+        item_id: str,
+        k: int,
+        categories: list[str] | None = None,
+        stored_image: bytes | None = None,
+    ) -> list[Recommendation]:
+        if self._answers_by_id():
+            return self._predict(_item_record(item_id, k, categories), f"item {item_id}")
+        if stored_image is None:
+            raise BackendError(f"No picture of item {item_id} is stored to search with.")
+        # One more than asked: the item itself is (nearly always) its own nearest neighbour.
+        found = self._predict(_request_record(stored_image, k + 1, categories), f"item {item_id}")
+        return without_item(found, item_id, k)
 
 
 def api_token(settings: AppSettings, secrets: Any = None) -> str | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -18,9 +19,12 @@ from simrec.app.backend import (
     configured_url,
     make_backend,
 )
+from simrec.app.pictures import data_url, display_png
 from simrec.config import Settings, load_settings
-from simrec.images import InvalidImageError, open_image
+from simrec.images import InvalidImageError
 from simrec.lake.tables import Lakehouse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,9 @@ def _backend(url: str | None, model_uri: str, token: str | None, tracking_uri: s
         from simrec.tracking import setup_mlflow
 
         setup_mlflow(settings().mlflow)
-    return make_backend(url, model_uri, token, settings().serving.client_timeout_s)
+    chosen = make_backend(url, model_uri, token, settings().serving.client_timeout_s)
+    chosen.prepare()  # cached: a model is loaded once per process, not per interaction
+    return chosen
 
 
 def backend(kind: str) -> Backend:
@@ -120,20 +126,49 @@ def catalog_images(lake_root: str, table: str, item_ids: tuple[str, ...]) -> dic
 
 
 # -- the query ------------------------------------------------------------------------------
+# Thumbnails are served at the width they are shown; `pixelated` keeps any browser rescaling
+# (zoom, a narrow column) from blurring Fashion-MNIST's 28×28 pixels.
+PAGE_STYLE = "<style>[data-testid='stImage'] img {image-rendering: pixelated;}</style>"
+
+
+def page_style() -> None:
+    st.html(PAGE_STYLE)
+
+
+def picture(payload: bytes, width: int, source: str) -> str | None:
+    """`payload` as a PNG data URL `width` wide for st.image, or None (logged) when it cannot
+    be shown."""
+    try:
+        return data_url(display_png(payload, width, source, settings().serving.max_image_pixels))
+    except InvalidImageError as error:
+        log.warning("cannot show %s", error)
+        return None
+
+
 def _pick(state_key: str, sample: Sample) -> None:
     st.session_state[state_key] = {"image": sample.image, "source": sample.caption}
 
 
-def query_picker(page: str, samples: list[Sample], columns: int, max_bytes: int) -> dict | None:
-    """Upload or pick a sample; the query is kept in session state as {image, source}."""
+def _more_like(state_key: str, item: Recommendation, stored_image: bytes | None) -> None:
+    st.session_state[state_key] = {
+        "item_id": item.item_id,
+        "source": f"{item.title} (item {item.item_id})",
+        "image": stored_image,
+    }
+
+
+def query_picker(page: str, samples: list[Sample], columns: int) -> dict | None:
+    """Upload or pick a sample; the query is kept in session state: {image, source} for an
+    image, {item_id, source, image} for "more like this" on a catalog item, or {error}."""
+    app = settings().app
     state_key = f"{page}_query"
-    uploaded = st.file_uploader("Upload an image", key=f"{page}_upload")
+    uploaded = st.file_uploader("Upload an image", type=app.upload_types, key=f"{page}_upload")
     if uploaded is not None and st.session_state.get(f"{page}_upload_id") != uploaded.file_id:
         # Only a *new* upload replaces the query, so picking a sample afterwards still works.
         st.session_state[f"{page}_upload_id"] = uploaded.file_id
-        if uploaded.size > max_bytes:
+        if uploaded.size > app.max_upload_bytes:
             st.session_state[state_key] = {
-                "error": f"{uploaded.name} is larger than {max_bytes} bytes"
+                "error": f"{uploaded.name} is larger than {app.max_upload_bytes} bytes"
             }
         else:
             st.session_state[state_key] = {"image": uploaded.getvalue(), "source": uploaded.name}
@@ -142,7 +177,9 @@ def query_picker(page: str, samples: list[Sample], columns: int, max_bytes: int)
         grid = st.columns(columns)
         for position, sample in enumerate(samples):
             with grid[position % columns]:
-                st.image(sample.image, caption=sample.caption, width="stretch")
+                shown = picture(sample.image, app.thumbnail_px, sample.caption)
+                if shown is not None:
+                    st.image(shown, caption=sample.caption, width=app.thumbnail_px)
                 st.button(
                     "Pick",
                     key=f"{page}_pick_{sample.item_id}",
@@ -155,36 +192,73 @@ def query_picker(page: str, samples: list[Sample], columns: int, max_bytes: int)
     return st.session_state.get(state_key)
 
 
-def checked_query(query: dict, max_pixels: int, formats: Sequence[str]) -> bytes | None:
-    """The query's bytes if they are a readable image; else an error shown, None returned."""
+def checked_query(query: dict) -> bool:
+    """Show the query; False (with the reason shown) when it is not a usable image."""
+    app = settings().app
     if "error" in query:
         st.error(f"Cannot use this upload: {query['error']}.")
-        return None
+        return False
+    if query.get("image") is None:  # "more like this" on an item with no stored picture
+        st.write(f"More like **{query['source']}**")
+        return True
     try:
-        image = open_image(query["image"], query["source"], max_pixels, formats)
+        serving = settings().serving
+        shown = display_png(
+            query["image"],
+            app.query_px,
+            query["source"],
+            serving.max_image_pixels,
+            serving.image_formats,
+        )
     except InvalidImageError as error:
         st.error(f"Cannot use this upload: {error}. Upload a PNG, JPEG or other image file.")
-        return None
-    st.image(image, caption=f"Query: {query['source']}", width=160)
-    return query["image"]
+        return False
+    label = "More like" if "item_id" in query else "Query"
+    st.image(data_url(shown), width=app.query_px)
+    st.caption(f"{label}: {query['source']}")
+    return True
 
 
-def run_query(page_backend: str, image: bytes, k: int, categories: list[str] | None = None):
-    """The backend's answer, or None with the reason shown."""
+def run_query(page_backend: str, query: dict, k: int, categories: list[str] | None = None):
+    """The backend's answer for an image or a catalog item, or None with the reason shown;
+    says which model answered and how long it took."""
     try:
+        chosen = backend(page_backend)
+        started = time.perf_counter()
         with st.spinner("Finding similar items…"):
-            return backend(page_backend).recommend(image, k, categories)
+            if "item_id" in query:
+                items = chosen.similar_to_item(
+                    query["item_id"], k, categories, stored_image=query.get("image")
+                )
+            else:
+                items = chosen.recommend(query["image"], k, categories)
+        elapsed_ms = (time.perf_counter() - started) * 1000
     except BackendError as error:
         st.error(str(error))
         return None
+    info = chosen.model_info()
+    answered_by = info.describe() if info is not None else chosen.description
+    st.caption(f"Answered by {answered_by} in {elapsed_ms:.0f} ms")
+    return items
 
 
-def result_grid(items: list[Recommendation], pictures: dict[str, bytes], columns: int) -> None:
+def result_grid(
+    page: str, items: list[Recommendation], pictures: dict[str, bytes], columns: int
+) -> None:
+    """Each result: its picture, rank, title and distance, and a "More like this" button."""
+    app = settings().app
     grid = st.columns(columns)
     for position, item in enumerate(items):
-        picture = item.thumbnail or pictures.get(item.item_id)
-        caption = f"#{item.rank} {item.title} · distance {item.distance:.3f}"
+        stored = item.thumbnail or pictures.get(item.item_id)
+        shown = picture(stored, app.thumbnail_px, item.title) if stored else None
         with grid[position % columns]:
-            if picture:
-                st.image(picture, width="stretch")
-            st.caption(caption)
+            if shown is not None:
+                st.image(shown, width=app.thumbnail_px)
+            st.caption(f"#{item.rank} {item.title} · distance {item.distance:.3f}")
+            st.button(
+                "More like this",
+                key=f"{page}_more_{item.category}_{item.rank}_{item.item_id}",
+                on_click=_more_like,
+                args=(f"{page}_query", item, stored),
+                width="stretch",
+            )

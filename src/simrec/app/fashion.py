@@ -9,6 +9,7 @@ from simrec.app import common
 
 def render() -> None:
     settings = common.settings()
+    common.page_style()
     st.header("Fashion: look-alikes")
     try:
         samples = common.fashion_samples(
@@ -23,18 +24,11 @@ def render() -> None:
     k = st.slider(
         "How many similar items (k)", 1, min(settings.recommend.max_k, 30), settings.recommend.k
     )
-    query = common.query_picker(
-        "fashion", samples, settings.app.grid_columns, settings.app.max_upload_bytes
-    )
-    if query is None:
+    query = common.query_picker("fashion", samples, settings.app.grid_columns)
+    if query is None or not common.checked_query(query):
         return
-    image = common.checked_query(
-        query, settings.serving.max_image_pixels, settings.serving.image_formats
-    )
-    if image is None:
-        return
-    items = common.run_query("fashion", image, k)
+    items = common.run_query("fashion", query, k)
     if items is None:
         return
     st.subheader(f"{len(items)} most similar items")
-    common.result_grid(items, {}, settings.app.grid_columns)
+    common.result_grid("fashion", items, {}, settings.app.grid_columns)

@@ -10,6 +10,7 @@ from simrec.app import common
 def render() -> None:
     settings = common.settings()
     lake_root, table = str(settings.lake.root), settings.lake.items_table
+    common.page_style()
     st.header("Furniture: complete the look")
     try:
         categories = common.catalog_categories(lake_root, table)
@@ -25,17 +26,10 @@ def render() -> None:
         key="furniture_targets",
     )
     n = st.slider("Items per category", 1, min(settings.style.max_n, 20), min(settings.style.n, 5))
-    query = common.query_picker(
-        "furniture", samples, settings.app.grid_columns, settings.app.max_upload_bytes
-    )
-    if query is None:
+    query = common.query_picker("furniture", samples, settings.app.grid_columns)
+    if query is None or not common.checked_query(query):
         return
-    image = common.checked_query(
-        query, settings.serving.max_image_pixels, settings.serving.image_formats
-    )
-    if image is None:
-        return
-    items = common.run_query("style", image, n, targets or None)
+    items = common.run_query("style", query, n, targets or None)
     if items is None:
         return
     try:
@@ -47,4 +41,4 @@ def render() -> None:
         by_category.setdefault(item.category or "items", []).append(item)
     for category, found in by_category.items():
         st.subheader(category)
-        common.result_grid(found, pictures, settings.app.grid_columns)
+        common.result_grid("furniture", found, pictures, settings.app.grid_columns)

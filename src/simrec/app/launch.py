@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 
 import simrec
+from simrec.config import AppSettings
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
 
+def upload_limit_mb(max_upload_bytes: int) -> int:
+    """Streamlit's `server.maxUploadSize` (whole MiB) for simrec's byte limit: rounded up, so
+    Streamlit never refuses what simrec accepts and simrec's own check gives the exact message."""
+    return max(1, math.ceil(max_upload_bytes / 2**20))
+
+
 def streamlit_command(
-    address: str, port: int, config: Path | None, overrides: list[str]
+    address: str, port: int, config: Path | None, overrides: list[str], app: AppSettings
 ) -> list[str]:
     """`python -m streamlit run main.py` on address:port; settings flags follow `--`."""
     command = [
@@ -29,6 +37,10 @@ def streamlit_command(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--server.maxUploadSize",
+        str(upload_limit_mb(app.max_upload_bytes)),
+        "--client.showErrorDetails",
+        app.show_error_details,
         "--",
     ]
     if config is not None:
