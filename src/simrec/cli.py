@@ -255,7 +255,7 @@ def tune(
 
 @app.command()
 def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Embed the catalog with a run's model and build its faiss index."""
+    """Embed the catalog with a run's model (exported as a bundle exports it) into an index."""
     from simrec.index.build import build_catalog_index
     from simrec.lake.tables import Lakehouse
 
@@ -462,6 +462,60 @@ def style_register(
     typer.echo(f"registered {name} from run {run_id}: {uri}")
 
 
+PromoteOption = Annotated[
+    bool,
+    typer.Option(
+        "--promote/--no-promote", help="Run the promotion gate (--no-promote: stay challenger)."
+    ),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Promote even when the gate refuses (recorded as forced).")
+]
+
+
+def _report_promotion(promotion) -> None:
+    """Print the gate's figures and decision; exit 1 when it refused."""
+    if promotion is None:
+        return
+    refused = not promotion.promoted
+    typer.secho(promotion.summary(), fg=typer.colors.RED if refused else None, err=refused)
+    if refused:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def promote(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Registered model name (default serving.registered_model)."),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version to gate (default: the challenger alias).")
+    ] = None,
+    reindexed: Annotated[
+        bool,
+        typer.Option("--reindex", help="Re-index gate: no regression only (no baseline check)."),
+    ] = False,
+    force: ForceOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Gate a registered version against raw-pixel kNN and the re-scored champion, on the same
+    fixed query set; point the served alias at it only if it passes (or --force)."""
+    from simrec.serving.promotion import promote as run_gate
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        result = run_gate(
+            settings, model, version, kind="reindex" if reindexed else "model", force=force
+        )
+    except (LookupError, ValueError) as error:
+        _fail(error)
+    _report_promotion(result)
+
+
 @app.command()
 def package(
     run_id: RunOption = None,
@@ -478,19 +532,22 @@ def package(
             "instead of using the run's own index."
         ),
     ] = None,
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
+    """Bundle a run's model, catalog index, metadata and thumbnails as one pyfunc; register it
+    as challenger, evaluate it through its own predict path, and promote it if the gate passes."""
     from simrec.index.faiss_index import IndexMismatchError
     from simrec.lake.tables import Lakehouse, TableMissingError
     from simrec.serving.package import package_run
 
     settings = _settings(config, set_)
-    run_id = _run_id(settings, run_id, require_index=table is None)
+    run_id = _run_id(settings, run_id)
     try:
         result = package_run(
-            settings, Lakehouse(settings.lake.root), run_id, register, alias, table
+            settings, Lakehouse(settings.lake.root), run_id, register, alias, table, promote, force
         )
     except (LookupError, TableMissingError, IndexMismatchError, ValueError) as error:
         _fail(error)
@@ -498,6 +555,7 @@ def package(
         f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
         f"items, from run {run_id}): {result.registry_uri}"
     )
+    _report_promotion(result.promotion)
 
 
 @app.command()
@@ -511,21 +569,28 @@ def reindex(
         bool,
         typer.Option("--full", help="Re-embed every catalog row instead of reading the changes."),
     ] = False,
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Bring a registered model up to date with its Delta table, without retraining: embed
-    the rows inserted since its recorded version, drop the deleted ones, register the result."""
+    the rows inserted since its recorded version, drop the deleted ones, register the result
+    as challenger; the alias moves only if it does not regress on the fixed query set."""
     from simrec.index.faiss_index import IndexMismatchError
     from simrec.index.reindex import reindex as reindex_model
     from simrec.lake.tables import ChangeFeedError
 
     settings = _settings(config, set_)
     try:
-        result = reindex_model(settings, _model_uri(settings, model), alias, full)
+        result = reindex_model(
+            settings, _model_uri(settings, model), alias, full, promote=promote, force=force
+        )
     except (LookupError, ValueError, ChangeFeedError, IndexMismatchError) as error:
         _fail(error)
     typer.echo(result.summary())
+    if result.package is not None:
+        _report_promotion(result.package.promotion)
 
 
 @app.command("batch-recommend")
@@ -652,13 +717,19 @@ def run_app(
 @app.command()
 def pipeline(
     skip_catalog: Annotated[bool, typer.Option(help="Skip the IKEA catalog ingest.")] = False,
+    promote: PromoteOption = True,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """The main job: ingest, train, index and evaluate on the configured defaults."""
+    """The main job: ingest, train, package + evaluate the bundle, gate and promote."""
     from simrec.pipeline import run_pipeline
 
-    run_pipeline(_settings(config, set_), with_catalog=not skip_catalog)
+    settings = _settings(config, set_)
+    result = run_pipeline(settings, with_catalog=not skip_catalog, promote=promote)
+    typer.echo(result.summary(str(settings.lake.root), settings.mlflow.experiment))
+    promotion = result.package.promotion
+    if promotion is not None and not promotion.promoted:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

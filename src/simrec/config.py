@@ -123,6 +123,18 @@ class EvaluationSettings(_Section):
     grid_queries: int = 8
     grid_k: int = 5
     max_queries: int | None = None
+    query_chunk: int = Field(gt=0)
+    map_points: int = Field(gt=1)
+    map_seed: int
+
+
+class PromotionSettings(_Section):
+    """The gate between a new registered version (`challenger_alias`) and the served alias."""
+
+    challenger_alias: str
+    metric: str
+    min_margin_over_baseline: float
+    max_regression: float = Field(ge=0)
 
 
 class RecommendSettings(_Section):
@@ -300,6 +312,7 @@ class Settings(_Section):
     app: AppSettings = Field(default_factory=AppSettings)
     reindex: ReindexSettings = Field(default_factory=ReindexSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    promotion: PromotionSettings
 
     @model_validator(mode="after")
     def _check_tuning_knobs(self) -> Settings:
