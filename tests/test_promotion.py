@@ -28,9 +28,7 @@ CHALLENGER = f"models:/{NAME}@challenger"
 def registry(fashion_lake, tmp_path_factory, make_settings):
     """v1: a trained model (promoted on the baseline alone); v2: an untrained one (refused)."""
     _, lake, table = fashion_lake
-    settings = make_settings(
-        tmp_path_factory.mktemp("promotion"), **{"lake.root": str(lake.root)}
-    )
+    settings = make_settings(tmp_path_factory.mktemp("promotion"), **{"lake.root": str(lake.root)})
     good = train(settings, lake, table)
     first = package_run(settings, lake, good.run_id)
     untrained = train(settings.with_overrides({"train.epochs": 0}), lake, table)
@@ -125,7 +123,13 @@ def test_package_no_promote_stays_challenger(registry) -> None:
     champion_before = resolve_version(CHAMPION).version
     outcome = CliRunner().invoke(
         app,
-        ["package", "--run-id", first.lineage["training_run_id"], "--no-promote", *_store(settings)],
+        [
+            "package",
+            "--run-id",
+            first.lineage["training_run_id"],
+            "--no-promote",
+            *_store(settings),
+        ],
     )
     assert outcome.exit_code == 0, outcome.output
     assert resolve_version(CHAMPION).version == champion_before

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from simrec.config import EvaluationSettings
-from simrec.evaluation.queries import QuerySet
+from simrec.evaluation.queries import NoQuerySetError, QuerySet
 from simrec.evaluation.retrieval import average_precision_at_r, retrieval_report
 from simrec.images import decode_batch
 from simrec.index.scope import IMAGE_COLUMN, KEY_COLUMN, LABEL_COLUMN
@@ -90,7 +90,10 @@ def score_bundle(
     """Score `model` on `queries` (see the module docstring); the baseline is left empty
     (`raw_pixel_baseline` fills it)."""
     item_ids = model.index.live_item_ids()
-    item_labels = np.asarray(model.item_metadata(item_ids, LABEL_COLUMN), dtype=np.int64)
+    try:
+        item_labels = np.asarray(model.item_metadata(item_ids, LABEL_COLUMN), dtype=np.int64)
+    except KeyError as error:
+        raise NoQuerySetError(f"the bundled items carry no {LABEL_COLUMN!r}: {error}") from error
     held = np.isin(queries.labels, item_labels)
     if not held.any():
         raise ValueError("no query's class is in the bundle's catalog: nothing to score")
