@@ -76,11 +76,20 @@ def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show other libraries' INFO logs.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and results, no progress.")
+    ] = False,
+) -> None:
+    """simrec's own progress (INFO of the `simrec` loggers) is shown unless --quiet."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("simrec").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 @ingest_app.command("fashion-mnist")

@@ -12,6 +12,7 @@ the run exactly as on a single-process one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import queue
@@ -46,6 +47,7 @@ from simrec.distributed.shards import (
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages
+from simrec.model.progress import keras_verbosity
 from simrec.model.train import (
     MlflowEpochLogger,
     TrainResult,
@@ -55,6 +57,8 @@ from simrec.model.train import (
     steps_per_epoch,
 )
 from simrec.tracking import log_table_input, resolve_tracking_uri, setup_mlflow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -182,7 +186,7 @@ def train_distributed(
         )
     settings = _absolute_paths(settings)
     plan = plan_training(settings, lake, table, num_proc)
-    print(
+    log.info(
         f"distributed training on {plan.training_rows} images ({plan.validation_rows} for "
         f"validation), {num_proc} processes × {plan.steps_per_epoch} steps × "
         f"{plan.batch_per_worker} images, {settings.train.epochs} epochs; shards of "
@@ -241,7 +245,7 @@ def train_distributed(
             nics=_nics(settings),
             start_timeout=settings.distributed.start_timeout_s,
             use_gloo=True,
-            verbose=1,
+            verbose=keras_verbosity(),
         )
         launch_seconds = time.perf_counter() - started
         reports = sorted(reports, key=lambda report: report.rank)

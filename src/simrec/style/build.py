@@ -57,7 +57,7 @@ def fit_style_bundle(
     featurizer = StyleFeaturizer(settings.style)
     if pixels is None:
         pixels = catalog.pixels(featurizer.image_size)
-    print(
+    log.info(
         f"style features of {len(catalog)} items ({featurizer.backbone.weights_source}, "
         f"{featurizer.image_size}px, layers {', '.join(settings.style.layers)})"
     )
@@ -116,5 +116,5 @@ def build_style(
             mlflow.log_metric("style_build_seconds", seconds)
             run_id = run.info.run_id
     counts = ", ".join(f"{c} {len(i)}" for c, i in bundle.indexes.indexes.items())
-    print(f"style indexes: {counts} ({seconds:.0f} s); bundle in {folder}")
+    log.info(f"style indexes: {counts} ({seconds:.0f} s); bundle in {folder}")
     return StyleBuildResult(run_id, folder, bundle, catalog, seconds)

@@ -317,7 +317,7 @@ def crossfit_evaluation(
                     catalog, histograms, pair, query_ids, pool_ids, settings.style.hit_at
                 )
             )
-        print(f"cross-fit: fold {fold + 1}/{train.folds} done")
+        log.info(f"cross-fit: fold {fold + 1}/{train.folds} done")
     evaluation = StyleEvaluation(
         f"learned, cross-fitted over {train.folds} folds (every query held out)"
     )
@@ -349,7 +349,7 @@ def train_style(
     )
     held = holdout_mask(catalog.ids, train.folds, train.holdout_fold)
     rule = split_rule(train.folds, train.holdout_fold)
-    print(f"item split: {int((~held).sum())} training, {int(held.sum())} held out ({rule})")
+    log.info(f"item split: {int((~held).sum())} training, {int(held.sum())} held out ({rule})")
     originals = None
     if base is not None:
         if list(base.items["id"]) != list(catalog.ids):
@@ -404,7 +404,7 @@ def train_style(
     seconds = time.perf_counter() - started
     for evaluation in (learned_eval, gram_eval, crossfit):
         if evaluation is not None:
-            print(evaluation.table())
+            log.info("%s", evaluation.table())
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
