@@ -282,6 +282,7 @@ def reindex(
                 "simrec.training_run_id": str(lineage["training_run_id"]),
                 "simrec.parent_model": bundle.registered.uri,
             },
+            settings=settings,
         )
         package = evaluate_and_promote(
             settings, package, "reindex", alias if promote else None, force

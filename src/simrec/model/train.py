@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import tensorflow as tf
-import yaml
 from tensorflow_similarity.losses import MultiSimilarityLoss
 from tensorflow_similarity.samplers import MultiShotMemorySampler
 
@@ -21,7 +18,7 @@ from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages, read_split, validation_mask
 from simrec.model.embedding import build_similarity_model, embed, embedding_model
 from simrec.model.progress import keras_verbosity
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +219,13 @@ def train(
         raise ValueError("training needs at least two classes")
 
     setup_mlflow(settings.mlflow)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tag("simrec.step", "train")
-        mlflow.log_params(settings.flat())
-        with tempfile.TemporaryDirectory() as folder:
-            config_file = Path(folder) / "effective_config.yaml"
-            config_file.write_text(
-                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
-            )
-            mlflow.log_artifact(str(config_file))
-        log_table_input(table, context="training")
-        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(validation_rows)})
-
+    with tracked_step(
+        "train",
+        settings,
+        {"training": table},
+        run_name=run_name,
+        params={"train_rows": len(train_rows), "validation_rows": len(validation_rows)},
+    ) as run:
         fitted = fit_and_validate(settings, train_rows, validation_rows)
         mlflow.log_metrics(
             {"best_epoch": fitted.best_epoch, "best_val_recall_at_1": fitted.val_recall_at_1}

@@ -58,7 +58,7 @@ from simrec.serving.pyfunc import (
     EmbeddingSearchModel,
     ImageSearchModel,
 )
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -323,18 +323,16 @@ def register_bundle(
     step: str,
     tables: dict[str, TableVersion],
     tags: dict[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> PackageResult:
     """Log the bundle (`model_dir` + `catalog`) in a new run named `step`, with `tables` as its
     dataset inputs by context, register it and set `alias`."""
     with tempfile.TemporaryDirectory(prefix="simrec-bundle-") as workdir:
         artifacts = {EMBEDDING_MODEL_ARTIFACT: str(model_dir), **catalog.write(Path(workdir))}
-        with mlflow.start_run(run_name=step):
-            mlflow.set_tags({"simrec.step": step, **(tags or {})})
-            for context, table in tables.items():
-                log_table_input(table, context=context)
-            mlflow.log_params(
-                {f"lineage.{key}": value for key, value in lineage.items() if value is not None}
-            )
+        lineage_params = {
+            f"lineage.{key}": value for key, value in lineage.items() if value is not None
+        }
+        with tracked_step(step, settings, tables, tags=tags, params=lineage_params):
             return log_bundle(
                 EmbeddingSearchModel(), artifacts, config, example, lineage, registered_name, alias
             )
@@ -401,6 +399,7 @@ def package_run(
             step="package",
             tables={"training": trained_on, "catalog": table},
             tags={"simrec.training_run_id": run_id},
+            settings=settings,
         )
     return evaluate_and_promote(settings, package, "model", alias if promote else None, force)
 

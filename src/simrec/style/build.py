@@ -19,12 +19,12 @@ from simrec.style.bundle import StyleBundle, StyleEncoder
 from simrec.style.catalog import StyleCatalog, read_style_catalog
 from simrec.style.features import StyleFeaturizer
 from simrec.style.indexes import CategoryIndexes
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.tracking import log_table_input, setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "style"
-STEP_TAG = "simrec.step"
+
 BUNDLE_TAG = "simrec.style.bundle"
 
 
@@ -110,8 +110,7 @@ def build_style(
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
-        with mlflow.start_run(run_name="style-build") as run:
-            mlflow.set_tag(STEP_TAG, "style_build")
+        with tracked_step("style_build", settings, run_name="style-build") as run:
             log_bundle(settings, bundle, catalog, folder)
             mlflow.log_metric("style_build_seconds", seconds)
             run_id = run.info.run_id

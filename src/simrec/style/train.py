@@ -30,7 +30,6 @@ from tensorflow_similarity.losses import MultiSimilarityLoss
 from simrec.config import Settings, StyleTrainSettings
 from simrec.lake.tables import Lakehouse
 from simrec.style.build import (
-    STEP_TAG,
     bundle_meta,
     log_bundle,
 )
@@ -55,7 +54,7 @@ from simrec.style.evaluate import (
 from simrec.style.features import StyleFeaturizer
 from simrec.style.hit_ratio import merge_hits, pair_hits
 from simrec.style.indexes import CategoryIndexes
-from simrec.tracking import setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -408,8 +407,7 @@ def train_style(
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
-        with mlflow.start_run(run_name="style-train") as run:
-            mlflow.set_tag(STEP_TAG, "style_train")
+        with tracked_step("style_train", settings, run_name="style-train") as run:
             mlflow.set_tag("simrec.style.split_rule", rule)
             mlflow.log_params(
                 {"style_split_rule": rule, "style_train_items": meta["split"]["train_items"]}
