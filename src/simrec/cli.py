@@ -44,6 +44,17 @@ ModelOption = Annotated[
 ]
 
 
+PromoteOption = Annotated[
+    bool,
+    typer.Option(
+        "--promote/--no-promote", help="Run the promotion gate (--no-promote: stay challenger)."
+    ),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Promote even when the gate refuses (recorded as forced).")
+]
+
+
 def _settings(config: Path | None, overrides: list[str] | None):
     from simrec.config import load_settings
 
@@ -348,7 +359,7 @@ def style_build(
         _fail(error)
     typer.echo(f"run {result.run_id}: style bundle of {len(result.bundle.items)} items")
     if evaluate:
-        evaluate_style_run(settings, lake, result.run_id)
+        typer.echo(evaluate_style_run(settings, lake, result.run_id).table())
 
 
 @style_app.command("train")
@@ -372,6 +383,9 @@ def style_train(
         )
     except (TableMissingError, ValueError, FileNotFoundError) as error:
         _fail(error)
+    for evaluation in (result.heldout, result.heldout_gram, result.crossfit):
+        if evaluation is not None:
+            typer.echo(evaluation.table())
     typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
 
 
@@ -394,9 +408,12 @@ def style_evaluate(
     setup_mlflow(settings.mlflow)
     try:
         run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
-        evaluate_style_run(settings, Lakehouse(settings.lake.root), run_id, _csv(pairs))
+        evaluation = evaluate_style_run(
+            settings, Lakehouse(settings.lake.root), run_id, _csv(pairs)
+        )
     except (LookupError, ValueError) as error:
         _fail(error)
+    typer.echo(evaluation.table())
 
 
 @style_app.command("recommend")
@@ -446,15 +463,15 @@ def style_recommend(
 @style_app.command("register")
 def style_register(
     run_id: StyleRunOption = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "simrec-style",
-    alias: Annotated[str, typer.Option(help="Alias pointed at the new version.")] = "champion",
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Log a run's style bundle as a pyfunc model and register it (simrec-style@champion)."""
-    import mlflow
-
-    from simrec.style.pyfunc import log_style_pyfunc
+    """Register a run's style bundle (promotion.style_registered_model) as challenger; promote
+    it to champion if it beats the colour histogram and the re-scored champion on HR@n."""
+    from simrec.lake.tables import Lakehouse
+    from simrec.serving.style_promotion import register_style
     from simrec.style.runs import bundle_folder, latest_style_run_id
     from simrec.tracking import setup_mlflow
 
@@ -464,22 +481,11 @@ def style_register(
         run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
     except LookupError as error:
         _fail(error)
-    with mlflow.start_run(run_id=run_id):
-        uri = log_style_pyfunc(
-            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
-        )
-    typer.echo(f"registered {name} from run {run_id}: {uri}")
-
-
-PromoteOption = Annotated[
-    bool,
-    typer.Option(
-        "--promote/--no-promote", help="Run the promotion gate (--no-promote: stay challenger)."
-    ),
-]
-ForceOption = Annotated[
-    bool, typer.Option("--force", help="Promote even when the gate refuses (recorded as forced).")
-]
+    uri, promotion = register_style(
+        settings, Lakehouse(settings.lake.root), run_id, bundle_folder(run_id), promote, force
+    )
+    typer.echo(f"registered {settings.promotion.style_registered_model} from run {run_id}: {uri}")
+    _report_promotion(promotion)
 
 
 def _report_promotion(promotion) -> None:
@@ -511,15 +517,20 @@ def promote(
 ) -> None:
     """Gate a registered version against raw-pixel kNN and the re-scored champion, on the same
     fixed query set; point the served alias at it only if it passes (or --force)."""
+    from simrec.lake.tables import Lakehouse
     from simrec.serving.promotion import promote as run_gate
+    from simrec.serving.style_promotion import promote_style
     from simrec.tracking import setup_mlflow
 
     settings = _settings(config, set_)
     setup_mlflow(settings.mlflow)
     try:
-        result = run_gate(
-            settings, model, version, kind="reindex" if reindexed else "model", force=force
-        )
+        if model == settings.promotion.style_registered_model:
+            result = promote_style(settings, Lakehouse(settings.lake.root), version, force)
+        else:
+            result = run_gate(
+                settings, model, version, kind="reindex" if reindexed else "model", force=force
+            )
     except (LookupError, ValueError) as error:
         _fail(error)
     _report_promotion(result)
@@ -736,8 +747,12 @@ def pipeline(
     settings = _settings(config, set_)
     result = run_pipeline(settings, with_catalog=not skip_catalog, promote=promote)
     typer.echo(result.summary(str(settings.lake.root), settings.mlflow.experiment))
-    promotion = result.package.promotion
-    if promotion is not None and not promotion.promoted:
+    refused = [
+        gate
+        for gate in (result.package.promotion, result.style_promotion)
+        if gate is not None and not gate.promoted
+    ]
+    if refused:
         raise typer.Exit(code=1)
 
 

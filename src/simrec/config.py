@@ -135,6 +135,9 @@ class PromotionSettings(_Section):
     metric: str
     min_margin_over_baseline: float
     max_regression: float = Field(ge=0)
+    style_registered_model: str
+    style_hit_at: int = Field(gt=0)
+    style_min_margin_over_colour: float
 
 
 class RecommendSettings(_Section):

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
-import mlflow
+from typing import Any
 
 from simrec.config import Settings
 from simrec.evaluation.evaluate import EvaluationReport
@@ -16,9 +15,8 @@ from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.train import TrainResult, train
 from simrec.serving.package import PackageResult, package_run
+from simrec.serving.style_promotion import register_style
 from simrec.style.build import build_style
-from simrec.style.pyfunc import REGISTERED_MODEL as STYLE_MODEL
-from simrec.style.pyfunc import log_style_pyfunc
 from simrec.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -31,6 +29,7 @@ class PipelineResult:
     package: PackageResult
     tracking_uri: str
     style_model_uri: str | None = None
+    style_promotion: Any = None  # PromotionResult of the style gate, when it ran
 
     @property
     def evaluation(self) -> EvaluationReport | None:
@@ -48,21 +47,17 @@ class PipelineResult:
             f"  Model        : {self.package.registry_uri} (version {self.package.version})\n"
             f"  Gate         : {promotion.summary() if promotion else 'not run'}\n"
             f"  Style model  : {self.style_model_uri or 'skipped (no catalog)'}\n"
+            f"  Style gate   : "
+            f"{self.style_promotion.summary() if self.style_promotion else 'not run'}\n"
             f"  Recall@1     : {recall:.4f} (raw-pixel kNN {baseline:.4f}, bundle evaluated)\n"
             f"  Browse runs  : .venv/bin/mlflow ui --backend-store-uri {self.tracking_uri}"
         )
 
 
-STYLE_ALIAS = "champion"  # what `simrec style register` and the app's style_model_uri use
-
-
-def build_and_register_style(settings: Settings, lake: Lakehouse) -> str:
-    """Gram-style indexes over the catalog, registered as the `simrec-style` pyfunc."""
+def build_and_register_style(settings: Settings, lake: Lakehouse, promote: bool = True):
+    """Gram-style indexes over the catalog, registered as the style pyfunc and gated."""
     built = build_style(settings, lake)
-    with mlflow.start_run(run_id=built.run_id):
-        return log_style_pyfunc(
-            built.folder, STYLE_MODEL, settings.style.n, settings.style.max_n, STYLE_ALIAS
-        )
+    return register_style(settings, lake, built.run_id, built.folder, promote)
 
 
 def run_pipeline(
@@ -85,5 +80,5 @@ def run_pipeline(
     style_model_uri = None
     if with_catalog:
         log.info("[5/5] building and registering the furniture style recommender")
-        style_model_uri = build_and_register_style(settings, lake)
-    return PipelineResult(table, training, package, tracking_uri, style_model_uri)
+        style_model_uri, style_promotion = build_and_register_style(settings, lake, promote)
+    return PipelineResult(table, training, package, tracking_uri, style_model_uri, style_promotion)

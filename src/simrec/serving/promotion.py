@@ -41,6 +41,7 @@ class GateDecision:
     champion: float | None  # the current champion re-scored; None when there is none
     champion_version: int | None
     reasons: list[str] = field(default_factory=list)  # why it failed (empty when passed)
+    baseline_name: str = "raw-pixel kNN"
 
     def describe(self) -> str:
         def shown(value: float | None) -> str:
@@ -52,7 +53,7 @@ class GateDecision:
             else "no champion yet"
         )
         figures = (
-            f"{self.metric}: challenger {shown(self.challenger)}, raw-pixel kNN "
+            f"{self.metric}: challenger {shown(self.challenger)}, {self.baseline_name} "
             f"{shown(self.baseline)}, {champion}"
         )
         if self.passed:
@@ -67,6 +68,7 @@ def decide(
     champion: float | None,
     champion_version: int | None,
     rules: PromotionSettings,
+    baseline_name: str = "raw-pixel kNN",
 ) -> GateDecision:
     """The gate as a pure function of the figures (`baseline` None: no baseline check)."""
     reasons = []
@@ -74,7 +76,7 @@ def decide(
         needed = baseline + rules.min_margin_over_baseline
         if challenger < needed:
             reasons.append(
-                f"{challenger:.4f} does not beat raw-pixel kNN {baseline:.4f} by the required "
+                f"{challenger:.4f} does not beat {baseline_name} {baseline:.4f} by the required "
                 f"margin {rules.min_margin_over_baseline:+.4f} (needs ≥ {needed:.4f})"
             )
     if champion is not None:
@@ -85,7 +87,14 @@ def decide(
                 f"beyond the tolerance {rules.max_regression:.4f} (needs ≥ {floor:.4f})"
             )
     return GateDecision(
-        not reasons, metric, challenger, baseline, champion, champion_version, reasons
+        not reasons,
+        metric,
+        challenger,
+        baseline,
+        champion,
+        champion_version,
+        reasons,
+        baseline_name,
     )
 
 
@@ -188,6 +197,13 @@ def promote(
     if version is None:
         version = resolve_version(f"models:/{name}@{settings.promotion.challenger_alias}").version
     decision = gate(settings, name, version, alias, kind, challenger_score)
+    return record_decision(name, version, alias, decision, force)
+
+
+def record_decision(
+    name: str, version: int, alias: str, decision: GateDecision, force: bool
+) -> PromotionResult:
+    """Tag `version` with the decision and move `alias` to it when it passed (or `force`)."""
     promoted = decision.passed or force
     client = mlflow.MlflowClient()
     outcome = "promoted" if decision.passed else ("forced" if force else "refused")

@@ -226,5 +226,5 @@ def evaluate_style_run(
     evaluation = evaluate_bundle(settings, lake, load_run_bundle(run_id), pairs)
     with mlflow.start_run(run_id=run_id):
         log_evaluation(evaluation, "style")
-    log.info("%s", evaluation.table())
+    log.debug("%s", evaluation.table())
     return evaluation

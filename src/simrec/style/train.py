@@ -403,7 +403,7 @@ def train_style(
     seconds = time.perf_counter() - started
     for evaluation in (learned_eval, gram_eval, crossfit):
         if evaluation is not None:
-            log.info("%s", evaluation.table())
+            log.debug("%s", evaluation.table())
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
