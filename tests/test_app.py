@@ -71,7 +71,13 @@ def store(tmp_path_factory, make_settings):
     built = build_style(settings, lake)
     setup_mlflow(settings.mlflow)
     with mlflow.start_run(run_id=built.run_id):
-        log_style_pyfunc(bundle_folder(built.run_id), alias="champion")
+        log_style_pyfunc(
+            bundle_folder(built.run_id),
+            settings.promotion.style_registered_model,
+            settings.style.n,
+            settings.style.max_n,
+            alias=settings.serving.alias,
+        )
 
     overlay = root / "app.yaml"
     overlay.write_text(yaml.safe_dump(settings.model_dump(mode="json")))

@@ -12,8 +12,9 @@ import io
 import logging
 import shutil
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ class PackageResult:
     lineage: dict[str, Any]
     evaluation: Any = None  # EvaluationReport of the bundle itself, when it has a query set
     promotion: Any = None  # PromotionResult, when the gate ran
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: package, evaluate, gate
 
     @property
     def registry_uri(self) -> str:
@@ -363,6 +365,7 @@ def package_run(
     alias = serving.alias if alias is None else (alias or None)
     config = bundle_config(settings)
     batch_size = settings.reindex.embed_batch_size
+    started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="simrec-package-") as workdir:
         folder = Path(workdir)
@@ -401,6 +404,7 @@ def package_run(
             tags={"simrec.training_run_id": run_id},
             settings=settings,
         )
+    package = replace(package, timings={"package_s": time.perf_counter() - started})
     return evaluate_and_promote(settings, package, "model", alias if promote else None, force)
 
 
@@ -418,6 +422,7 @@ def evaluate_and_promote(
     from simrec.serving.promotion import promote
 
     version_uri = f"models:/{package.registered_name}/{package.version}"
+    started = time.perf_counter()
     report = None
     try:
         report = evaluate_bundle(settings, version_uri, package.lineage, package.run_id)
@@ -425,6 +430,7 @@ def evaluate_and_promote(
         log.warning("%s is not evaluated: %s", version_uri, error)
     else:
         tag_version(package.registered_name, package.version, report)
+    evaluated = time.perf_counter()
     promotion = None
     if alias:
         score = report.score if report is not None else None
@@ -438,11 +444,17 @@ def evaluate_and_promote(
             challenger_score=score,
         )
     promoted = promotion is not None and promotion.promoted
+    timings = {
+        **package.timings,
+        "evaluate_s": evaluated - started,
+        "gate_s": time.perf_counter() - evaluated,
+    }
     return replace(
         package,
         alias=alias if promoted else package.alias,
         evaluation=report,
         promotion=promotion,
+        timings=timings,
     )
 
 
