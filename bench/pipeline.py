@@ -30,6 +30,7 @@ GOAL_S = 10 * 60
 
 
 def main(overrides: list[str], config: str | None = None) -> dict[str, object]:
+    is_default = not config and not overrides
     if config:
         os.environ["SIMREC_CONFIG"] = config
     settings = fresh_workspace(WORKSPACE, overrides)
@@ -68,7 +69,10 @@ def main(overrides: list[str], config: str | None = None) -> dict[str, object]:
             "raw_pixel_recall_at_1": report.baseline.get("recall_at_1") if report else None,
             "gate_passed": bool(gate and gate.decision.passed),
             "style_gate_passed": bool(style_gate and style_gate.decision.passed),
-            "goal_10_min_met": total <= GOAL_S and bool(gate and gate.decision.passed),
+            # the goal is for the default config; another config's run does not judge it
+            "goal_10_min_met": total <= GOAL_S and bool(gate and gate.decision.passed)
+            if is_default
+            else None,
             "load_avg_1m_before": round(load_before, 2),
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
         },
@@ -78,7 +82,7 @@ def main(overrides: list[str], config: str | None = None) -> dict[str, object]:
         "style_gate": style_gate.summary() if style_gate else None,
         "queries": report.queries if report else None,
     }
-    name = "pipeline" if not config and not overrides else f"pipeline_{_stem(config)}"
+    name = "pipeline" if is_default else f"pipeline_{_stem(config)}"
     record(name, result)
     return result
 
