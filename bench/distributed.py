@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.results import record
-from simrec.config import SparkSettings, load_settings
+from simrec.config import load_settings
 from simrec.distributed.train import train_distributed
 from simrec.evaluation.evaluate import evaluate
 from simrec.index.build import build_catalog_index
@@ -52,9 +52,7 @@ def main(overrides: list[str]) -> dict[str, object]:
     lake = Lakehouse(settings.lake.root)
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(ingested.name, ingested.version)
-    spark = get_spark(
-        SparkSettings(master="local[2]", local_ip=settings.spark.local_ip, conf=settings.spark.conf)
-    )
+    spark = get_spark(settings.spark.model_copy(update={"master": "local[2]"}))
     load_before = _load()
 
     started = time.perf_counter()

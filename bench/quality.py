@@ -36,7 +36,7 @@ def main(overrides: list[str]) -> dict[str, object]:
         "summary": {
             "recall_at_1": report.model["recall_at_1"],
             "recall_at_5": report.model["recall_at_5"],
-            "map_at_r": report.model["exact_map_at_r"],
+            "map_at_r": report.model["map_at_r"],
             "raw_pixel_recall_at_1": report.baseline["recall_at_1"],
             "raw_pixel_map_at_r": report.baseline["map_at_r"],
             "train_minutes": round(train_seconds / 60, 1),

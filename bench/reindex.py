@@ -19,7 +19,6 @@ from pathlib import Path
 
 from bench.results import fresh_workspace, record
 from simrec.batch.recommend import batch_recommend, load_searcher, recommend_batch
-from simrec.index.build import build_catalog_index
 from simrec.index.reindex import ReindexResult, reindex
 from simrec.index.scope import CatalogScope
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
@@ -60,8 +59,7 @@ def main(overrides: list[str]) -> dict[str, object]:
     first = ingest_fashion_mnist(lake, settings.fashion_mnist, name, before_rows)
     table = lake.pin(first.name, first.version)
     trained = train(settings, lake, table, run_name="bench-reindex")
-    build_catalog_index(settings, lake, trained.run_id)
-    parent = package_run(settings, lake, trained.run_id)
+    parent = package_run(settings, lake, trained.run_id, force=True)
     parent_uri = f"models:/{parent.registered_name}/{parent.version}"
 
     arrived = ingest_fashion_mnist(lake, settings.fashion_mnist, name)  # the last ~1 % arrives

@@ -34,7 +34,6 @@ import pyarrow.compute as pc
 
 from bench.results import record
 from simrec.config import Settings, load_settings
-from simrec.index.build import build_catalog_index
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse
 from simrec.model.train import train
@@ -194,8 +193,7 @@ def _prepare(settings: Settings) -> tuple[str, list[bytes]]:
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(ingested.name, ingested.version)
     trained = train(settings, lake, table, run_name="bench-serving")
-    build_catalog_index(settings, lake, trained.run_id)
-    packaged = package_run(settings, lake, trained.run_id)
+    packaged = package_run(settings, lake, trained.run_id, force=True)
     rows = lake.read(table.name, table.version, columns=["id", "split", "image"])
     tests = rows.filter(pc.equal(rows.column("split"), "test")).sort_by("id")
     return packaged.registry_uri, tests.slice(0, QUERY_IMAGES).column("image").to_pylist()

@@ -9,13 +9,12 @@
 
 # COMMAND ----------
 
-import mlflow
 
 from simrec.config import load_settings
 from simrec.lake.tables import Lakehouse
+from simrec.serving.style_promotion import register_style
 from simrec.style.build import build_style
 from simrec.style.evaluate import evaluate_style_run
-from simrec.style.pyfunc import log_style_pyfunc
 from simrec.style.recommend import recommend_for_payload
 
 settings = load_settings()
@@ -46,8 +45,6 @@ recommendations = recommend_for_payload(
 
 # COMMAND ----------
 
-with mlflow.start_run(run_id=built.run_id):
-    style_model_uri = log_style_pyfunc(
-        built.folder, "simrec-style", settings.style.n, settings.style.max_n, "champion"
-    )
-style_model_uri
+# Registered as `challenger`, promoted to `champion` only if it beats the colour histogram.
+style_model_uri, style_gate = register_style(settings, lake, built.run_id, built.folder)
+style_gate.summary()

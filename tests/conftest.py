@@ -70,11 +70,12 @@ def fashion_lake(
 
 @pytest.fixture(scope="session")
 def spark():
-    from simrec.config import SparkSettings
+    from simrec.config import configured_section
     from simrec.spark import get_spark
 
     session = get_spark(
-        SparkSettings(
+        configured_section(
+            "spark",
             master="local[2]",
             conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"},
         )

@@ -16,7 +16,6 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from simrec.app import browser
-from simrec.index.build import build_catalog_index
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse
@@ -60,8 +59,7 @@ def store(tmp_path_factory, make_settings):
         lake, settings.fashion_mnist, settings.lake.fashion_table, max_rows_per_split=600
     )
     trained = train(settings, lake, lake.pin(fashion.name, fashion.version))
-    build_catalog_index(settings, lake, trained.run_id)
-    package_run(settings, lake, trained.run_id)
+    package_run(settings, lake, trained.run_id, force=True)  # the app, not the gate, is tested
 
     source = root / "ikea"
     shutil.copytree(IKEA_DIR / "text_data", source / "text_data")
@@ -71,7 +69,13 @@ def store(tmp_path_factory, make_settings):
     built = build_style(settings, lake)
     setup_mlflow(settings.mlflow)
     with mlflow.start_run(run_id=built.run_id):
-        log_style_pyfunc(bundle_folder(built.run_id), alias="champion")
+        log_style_pyfunc(
+            bundle_folder(built.run_id),
+            settings.promotion.style_registered_model,
+            settings.style.n,
+            settings.style.max_n,
+            alias=settings.serving.alias,
+        )
 
     overlay = root / "app.yaml"
     overlay.write_text(yaml.safe_dump(settings.model_dump(mode="json")))

@@ -11,6 +11,12 @@ from mlflow.projects._project_spec import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = load_project(str(REPO))
+OPTIONS_WITH_VALUES = {
+    "--run-id", "--table-version", "--params", "--token-file", "--max-rows", "--set", "--source",
+    "--num-proc", "--max-evals", "--parallelism", "--trials", "--output", "-k", "--pairs",
+    "--register", "--alias", "--model", "--model-uri", "--host", "--port", "--table",
+    "--output-table", "--items-version",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT._entry_points))
@@ -37,7 +43,16 @@ def test_optional_parameters_left_empty_add_no_flags(name: str) -> None:
     flags_without_value = [
         word
         for word, following in zip(words, [*words[1:], ""], strict=True)
-        if word in {"--run-id", "--table-version", "--params", "--token-file", "--max-rows"}
-        and (following in {"", "''"} or following.startswith("--"))
+        if word in OPTIONS_WITH_VALUES and (following in {"", "''"} or following.startswith("--"))
     ]
     assert not flags_without_value, command
+
+
+def test_no_entry_point_repeats_a_config_default() -> None:
+    """Every knob an entry point passes on is optional (empty): its default lives in the
+    config alone, so a tuned `--params` file is never overridden by a value nobody chose."""
+    for name in PROJECT._entry_points:
+        for key, param in PROJECT.get_entry_point(name).parameters.items():
+            if key == "config" or param.default is None:
+                continue
+            assert param.default in ("", "false", "true"), (name, key, param.default)

@@ -1,7 +1,9 @@
 """Catalog updates without retraining, end to end on real tables, MLflow and local Spark.
 
 One small model is trained on a table of our own (real Fashion-MNIST rows copied from the
-shared lake, which stays read-only) and packaged as simrec-fashion@champion. The tests then
+shared lake, which stays read-only) and packaged as simrec-fashion@champion (forced: so short
+a training does not beat raw pixels, and the baseline gate is not what is tested here). Each
+re-index is gated against the champion on the same fixed query set. The tests then
 change that table the way a shop would (append items, delete items) and check what
 `simrec reindex` registers, in file order: each test continues from the previous one's table.
 """
@@ -22,7 +24,6 @@ from typer.testing import CliRunner
 from simrec.batch.recommend import batch_recommend
 from simrec.cli import app
 from simrec.config import Settings
-from simrec.index.build import build_catalog_index
 from simrec.index.reindex import reindex
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.tables import Lakehouse
@@ -60,7 +61,15 @@ def _rows(table: pa.Table, ids: list[str]) -> pa.Table:
 def shop(fashion_lake, tmp_path_factory, make_settings) -> Shop:
     _, shared_lake, shared_table = fashion_lake
     root = tmp_path_factory.mktemp("reindex")
-    settings = make_settings(root, **{"train.epochs": 1, "train.steps_per_epoch": 20})
+    settings = make_settings(
+        root,
+        **{
+            "train.epochs": 1,
+            "train.steps_per_epoch": 20,
+            # 100 queries: one changed answer is 0.01 of Recall@1
+            "promotion.max_regression": 0.03,
+        },
+    )
     lake = Lakehouse(settings.lake.root)
     rows = shared_lake.read(shared_table.name, shared_table.version)
     test_ids = [f"fmnist-test-{position:05d}" for position in range(TEST_ROWS)]
@@ -69,8 +78,7 @@ def shop(fashion_lake, tmp_path_factory, make_settings) -> Shop:
     )
     table = lake.pin(initial.name, initial.version)
     trained = train(settings, lake, table)
-    build_catalog_index(settings, lake, trained.run_id)
-    packaged = package_run(settings, lake, trained.run_id)
+    packaged = package_run(settings, lake, trained.run_id, force=True)
     assert packaged.registry_uri == CHAMPION
     spare = rows.filter(
         pc.invert(pc.is_in(rows.column("id"), value_set=lake.read(table.name).column("id")))
@@ -103,6 +111,8 @@ def test_appended_items_are_found_after_reindex(shop: Shop) -> None:
 
     result = reindex(shop.settings, CHAMPION)
     assert result.registered and (result.rows_added, result.rows_removed) == (50, 0)
+    assert result.package.promotion.decision.passed  # a clean re-index passes the gate
+    assert result.package.promotion.decision.baseline is None  # re-index: no regression only
     assert resolve_version(CHAMPION).version == result.package.version == 2  # alias moved
     assert served_model_uri(shop.settings, shop.lake) == CHAMPION  # registered: not re-packaged
     lineage = registered_lineage(CHAMPION)
@@ -222,8 +232,20 @@ def test_batch_recommend_on_spark_equals_in_process(shop: Shop, spark) -> None:
 def test_catalog_items_table_reindexes_without_labels(shop: Shop) -> None:
     settings, lake = shop.settings, shop.lake
     ingest_catalog(lake, settings.catalog, settings.lake, max_items=30)
-    packaged = package_run(
+    unmeasured = package_run(
         settings, lake, shop.run_id, "simrec-ikea", "champion", table_name=settings.lake.items_table
+    )
+    # Items without labels cannot be scored: the gate refuses, unless forced.
+    assert not unmeasured.promotion.promoted and unmeasured.evaluation is None
+    assert "cannot measure" in unmeasured.promotion.decision.describe()
+    packaged = package_run(
+        settings,
+        lake,
+        shop.run_id,
+        "simrec-ikea",
+        "champion",
+        table_name=settings.lake.items_table,
+        force=True,
     )
     assert packaged.lineage["index_size"] == 30 and packaged.lineage["catalog_split"] is None
     ingested = ingest_catalog(lake, settings.catalog, settings.lake, max_items=45)["items"]
@@ -232,7 +254,7 @@ def test_catalog_items_table_reindexes_without_labels(shop: Shop) -> None:
     first_ids, new_ids = item_ids[:30], item_ids[30:]
     lake.delete(settings.lake.items_table, first_ids[:2])
 
-    result = reindex(settings, "models:/simrec-ikea@champion")
+    result = reindex(settings, "models:/simrec-ikea@champion", force=True)
     assert (result.rows_added, result.rows_removed) == (15, 2)
     found = _search(
         "models:/simrec-ikea@champion", _images(lake, settings.lake.items_table, new_ids[:3]), k=2
@@ -257,7 +279,9 @@ def test_synced_catalog_reindexes_replaced_photos_and_removed_products(
     items = settings.lake.items_table
     ingest_catalog(lake, settings.catalog, settings.lake, source)
     uri = "models:/simrec-ikea-sync@champion"
-    package_run(settings, lake, shop.run_id, "simrec-ikea-sync", "champion", table_name=items)
+    package_run(
+        settings, lake, shop.run_id, "simrec-ikea-sync", "champion", table_name=items, force=True
+    )
     removed_image = _images(lake, items, [BED_IN_TWO_DIFFERENT])
 
     # a real photo of another product (not in the subset) becomes the sofa's new photo
@@ -271,7 +295,7 @@ def test_synced_catalog_reindexes_replaced_photos_and_removed_products(
     synced = ingest_catalog(lake, settings.catalog, settings.lake, source, prune=True)
     assert (synced["items"].updated, synced["items"].deleted) == (1, 1)
 
-    result = reindex(settings, uri)
+    result = reindex(settings, uri, force=True)  # unlabelled items: nothing to gate on
     assert (result.rows_added, result.rows_removed, result.rows_updated) == (0, 1, 1)
     assert result.package.lineage["index_size"] == len(SUBSET_IDS) - 1
     found = _search(uri, [new_photo], k=1)
@@ -319,3 +343,40 @@ def test_reindex_follows_the_configured_lake_and_checks_the_table_id(
     )
     assert cli.exit_code == 1 and "dropped and re-created" in cli.output
     assert "Traceback" not in cli.output
+
+
+def test_reindex_adding_rows_with_shuffled_labels_is_refused(shop: Shop) -> None:
+    """Last: it leaves mislabelled rows in the table. Many new catalog rows whose labels are
+    permuted make the fixed queries' answers wrong: the gate refuses, champion stays."""
+    champion = resolve_version(CHAMPION).version
+    ids = _train_ids(1000, 1600)
+    rows = _rows(shop.spare, ids)
+    labels = np.random.default_rng(0).permutation(rows.column("label").to_numpy())
+    names = dict(
+        zip(rows.column("label").to_pylist(), rows.column("label_name").to_pylist(), strict=True)
+    )
+    rows = rows.set_column(
+        rows.schema.get_field_index("label"),
+        "label",
+        pa.array(labels, rows.schema.field("label").type),
+    )
+    rows = rows.set_column(
+        rows.schema.get_field_index("label_name"),
+        "label_name",
+        pa.array([names[int(label)] for label in labels], pa.string()),
+    )
+    shop.lake.insert_new(shop.table, rows)
+    store = [
+        f"--set=mlflow.tracking_uri={shop.settings.mlflow.tracking_uri}",
+        f"--set=lake.root={shop.settings.lake.root}",
+        "--set=promotion.max_regression=0.03",
+    ]
+    refused = CliRunner().invoke(app, ["reindex", "--model", CHAMPION, *store])
+    assert refused.exit_code == 1, refused.output
+    assert "+600 added" in refused.output and "gate refused" in refused.output
+    assert f"worse than champion v{champion}" in refused.output
+    assert resolve_version(CHAMPION).version == champion
+    challenger = resolve_version("models:/simrec-fashion@challenger").version
+    assert challenger > champion
+    tags = mlflow.MlflowClient().get_model_version("simrec-fashion", challenger).tags
+    assert tags["simrec.promotion"] == "refused"

@@ -145,8 +145,20 @@ def test_build_evaluate_train_recommend_and_serve(ikea_lake, tmp_path: Path) -> 
     rows = [line.split() for line in lines[header + 1 :] if line.strip()]
     assert [row[0] for row in rows] == ["table"] * 3 + ["sofa"] * 3
 
-    registered = runner.invoke(app, ["style", "register", "--run-id", train_run, *args])
+    # The gate: HR@10 over the judged pairs against the colour histogram on the same queries.
+    judged = ["--set=style.min_queries=1"]
+    lenient = [*args, *judged, "--set=promotion.style_min_margin_over_colour=-1.0"]
+    registered = runner.invoke(app, ["style", "register", "--run-id", train_run, *lenient])
     assert registered.exit_code == 0, registered.output
+    assert "gate passed" in registered.output and "no champion yet" in registered.output
+    strict = [*args, *judged, "--set=promotion.style_min_margin_over_colour=1.0"]
+    refused = runner.invoke(app, ["style", "register", "--run-id", train_run, *strict])
+    assert refused.exit_code == 1, refused.output
+    assert "gate refused" in refused.output and "mean_hr_at_10" in refused.output
+    assert "does not beat colour histogram" in refused.output and "champion v1" in refused.output
+    client = mlflow.MlflowClient()
+    assert int(client.get_model_version_by_alias("simrec-style", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("simrec-style", "challenger").version) == 2
     model = mlflow.pyfunc.load_model("models:/simrec-style@champion")
     frame = pd.DataFrame(
         {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simrec.config import StyleTrainSettings
+from simrec.config import configured_section
 from simrec.style.train import RoomBatches, augmented_views, room_members, train_head
 
 IDS = np.array([f"i{n}" for n in range(12)], dtype=object)
@@ -49,8 +49,15 @@ def test_batches_label_rooms_and_never_repeat_an_item() -> None:
 
 @pytest.mark.parametrize("loss", ["cross_category", "multi_similarity"])
 def test_head_trains_on_training_items_and_embeds_everything(loss: str) -> None:
-    settings = StyleTrainSettings(
-        epochs=2, steps_per_epoch=3, hidden_units=8, embedding_dim=4, rooms_per_batch=3, loss=loss
+    settings = configured_section("style").train.model_copy(
+        update=dict(
+            epochs=2,
+            steps_per_epoch=3,
+            hidden_units=8,
+            embedding_dim=4,
+            rooms_per_batch=3,
+            loss=loss,
+        )
     )
     views = np.random.default_rng(1).normal(size=(1, 12, 6)).astype(np.float32)
     train = np.arange(12) % 4 != 0

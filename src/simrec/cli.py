@@ -44,6 +44,17 @@ ModelOption = Annotated[
 ]
 
 
+PromoteOption = Annotated[
+    bool,
+    typer.Option(
+        "--promote/--no-promote", help="Run the promotion gate (--no-promote: stay challenger)."
+    ),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Promote even when the gate refuses (recorded as forced).")
+]
+
+
 def _settings(config: Path | None, overrides: list[str] | None):
     from simrec.config import load_settings
 
@@ -76,11 +87,20 @@ def _run_id(settings, run_id: str | None, require_index: bool = False) -> str:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show other libraries' INFO logs.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and results, no progress.")
+    ] = False,
+) -> None:
+    """simrec's own progress (INFO of the `simrec` loggers) is shown unless --quiet."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("simrec").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 @ingest_app.command("fashion-mnist")
@@ -273,7 +293,7 @@ def tune(
 
 @app.command()
 def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Embed the catalog with a run's model and build its faiss index."""
+    """Embed the catalog with a run's model (exported as a bundle exports it) into an index."""
     from simrec.index.build import build_catalog_index
     from simrec.lake.tables import Lakehouse
 
@@ -357,7 +377,7 @@ def style_build(
         _fail(error)
     typer.echo(f"run {result.run_id}: style bundle of {len(result.bundle.items)} items")
     if evaluate:
-        evaluate_style_run(settings, lake, result.run_id)
+        typer.echo(evaluate_style_run(settings, lake, result.run_id).table())
 
 
 @style_app.command("train")
@@ -381,6 +401,9 @@ def style_train(
         )
     except (TableMissingError, ValueError, FileNotFoundError) as error:
         _fail(error)
+    for evaluation in (result.heldout, result.heldout_gram, result.crossfit):
+        if evaluation is not None:
+            typer.echo(evaluation.table())
     typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
 
 
@@ -424,9 +447,12 @@ def style_evaluate(
     setup_mlflow(settings.mlflow)
     try:
         run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
-        evaluate_style_run(settings, Lakehouse(settings.lake.root), run_id, _csv(pairs))
+        evaluation = evaluate_style_run(
+            settings, Lakehouse(settings.lake.root), run_id, _csv(pairs)
+        )
     except (LookupError, ValueError) as error:
         _fail(error)
+    typer.echo(evaluation.table())
 
 
 @style_app.command("recommend")
@@ -496,15 +522,15 @@ def style_fetch_weights(
 @style_app.command("register")
 def style_register(
     run_id: StyleRunOption = None,
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "simrec-style",
-    alias: Annotated[str, typer.Option(help="Alias pointed at the new version.")] = "champion",
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Log a run's style bundle as a pyfunc model and register it (simrec-style@champion)."""
-    import mlflow
-
-    from simrec.style.pyfunc import log_style_pyfunc
+    """Register a run's style bundle (promotion.style_registered_model) as challenger; promote
+    it to champion if it beats the colour histogram and the re-scored champion on HR@n."""
+    from simrec.lake.tables import Lakehouse
+    from simrec.serving.style_promotion import register_style
     from simrec.style.runs import bundle_folder, latest_style_run_id
     from simrec.tracking import setup_mlflow
 
@@ -514,11 +540,59 @@ def style_register(
         run_id = run_id or latest_style_run_id(settings.mlflow.experiment)
     except LookupError as error:
         _fail(error)
-    with mlflow.start_run(run_id=run_id):
-        uri = log_style_pyfunc(
-            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
-        )
-    typer.echo(f"registered {name} from run {run_id}: {uri}")
+    uri, promotion = register_style(
+        settings, Lakehouse(settings.lake.root), run_id, bundle_folder(run_id), promote, force
+    )
+    typer.echo(f"registered {settings.promotion.style_registered_model} from run {run_id}: {uri}")
+    _report_promotion(promotion)
+
+
+def _report_promotion(promotion) -> None:
+    """Print the gate's figures and decision; exit 1 when it refused."""
+    if promotion is None:
+        return
+    refused = not promotion.promoted
+    typer.secho(promotion.summary(), fg=typer.colors.RED if refused else None, err=refused)
+    if refused:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def promote(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Registered model name (default serving.registered_model)."),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version to gate (default: the challenger alias).")
+    ] = None,
+    reindexed: Annotated[
+        bool,
+        typer.Option("--reindex", help="Re-index gate: no regression only (no baseline check)."),
+    ] = False,
+    force: ForceOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Gate a registered version against raw-pixel kNN and the re-scored champion, on the same
+    fixed query set; point the served alias at it only if it passes (or --force)."""
+    from simrec.lake.tables import Lakehouse
+    from simrec.serving.promotion import promote as run_gate
+    from simrec.serving.style_promotion import promote_style
+    from simrec.tracking import setup_mlflow
+
+    settings = _settings(config, set_)
+    setup_mlflow(settings.mlflow)
+    try:
+        if model == settings.promotion.style_registered_model:
+            result = promote_style(settings, Lakehouse(settings.lake.root), version, force)
+        else:
+            result = run_gate(
+                settings, model, version, kind="reindex" if reindexed else "model", force=force
+            )
+    except (LookupError, ValueError) as error:
+        _fail(error)
+    _report_promotion(result)
 
 
 @app.command()
@@ -537,19 +611,22 @@ def package(
             "instead of using the run's own index."
         ),
     ] = None,
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Bundle a run's model, index, metadata and thumbnails as one pyfunc; register it."""
+    """Bundle a run's model, catalog index, metadata and thumbnails as one pyfunc; register it
+    as challenger, evaluate it through its own predict path, and promote it if the gate passes."""
     from simrec.index.faiss_index import IndexMismatchError
     from simrec.lake.tables import Lakehouse, TableMissingError
     from simrec.serving.package import package_run
 
     settings = _settings(config, set_)
-    run_id = _run_id(settings, run_id, require_index=table is None)
+    run_id = _run_id(settings, run_id)
     try:
         result = package_run(
-            settings, Lakehouse(settings.lake.root), run_id, register, alias, table
+            settings, Lakehouse(settings.lake.root), run_id, register, alias, table, promote, force
         )
     except (LookupError, TableMissingError, IndexMismatchError, ValueError) as error:
         _fail(error)
@@ -557,6 +634,7 @@ def package(
         f"{result.registered_name} version {result.version} ({result.lineage['index_size']} "
         f"items, from run {run_id}): {result.registry_uri}"
     )
+    _report_promotion(result.promotion)
 
 
 @app.command()
@@ -570,21 +648,28 @@ def reindex(
         bool,
         typer.Option("--full", help="Re-embed every catalog row instead of reading the changes."),
     ] = False,
+    promote: PromoteOption = True,
+    force: ForceOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Bring a registered model up to date with its Delta table, without retraining: embed
-    the rows inserted since its recorded version, drop the deleted ones, register the result."""
+    the rows inserted since its recorded version, drop the deleted ones, register the result
+    as challenger; the alias moves only if it does not regress on the fixed query set."""
     from simrec.index.faiss_index import IndexMismatchError
     from simrec.index.reindex import reindex as reindex_model
     from simrec.lake.tables import ChangeFeedError
 
     settings = _settings(config, set_)
     try:
-        result = reindex_model(settings, _model_uri(settings, model), alias, full)
+        result = reindex_model(
+            settings, _model_uri(settings, model), alias, full, promote=promote, force=force
+        )
     except (LookupError, ValueError, ChangeFeedError, IndexMismatchError) as error:
         _fail(error)
     typer.echo(result.summary())
+    if result.package is not None:
+        _report_promotion(result.package.promotion)
 
 
 @app.command("batch-recommend")
@@ -715,13 +800,23 @@ def run_app(
 @app.command()
 def pipeline(
     skip_catalog: Annotated[bool, typer.Option(help="Skip the IKEA catalog ingest.")] = False,
+    promote: PromoteOption = True,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """The main job: ingest, train, index and evaluate on the configured defaults."""
+    """The main job: ingest, train, package + evaluate the bundle, gate and promote."""
     from simrec.pipeline import run_pipeline
 
-    run_pipeline(_settings(config, set_), with_catalog=not skip_catalog)
+    settings = _settings(config, set_)
+    result = run_pipeline(settings, with_catalog=not skip_catalog, promote=promote)
+    typer.echo(result.summary(str(settings.lake.root), settings.mlflow.experiment))
+    refused = [
+        gate
+        for gate in (result.package.promotion, result.style_promotion)
+        if gate is not None and not gate.promoted
+    ]
+    if refused:
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":

@@ -23,23 +23,23 @@ class _Section(BaseModel):
 
 
 class LakeSettings(_Section):
-    root: Path = Path("lakehouse")
-    fashion_table: str = "fashion_mnist"
-    items_table: str = "catalog_items"
-    rooms_table: str = "catalog_rooms"
-    item_rooms_table: str = "catalog_item_rooms"
+    root: Path
+    fashion_table: str
+    items_table: str
+    rooms_table: str
+    item_rooms_table: str
     commit_retries: int = Field(ge=0)  # re-plans after losing a commit race to another writer
     commit_retry_wait_s: float = Field(ge=0)
 
 
 class FashionMnistSettings(_Section):
-    source_dir: Path | None = None
-    system_dir: Path = Path("/usr/share/datasets/fashion-mnist")
-    download_dir: Path = Path("data/fashion-mnist")
-    base_url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-    files: dict[str, str] = Field(default_factory=dict)
-    label_names: list[str] = Field(default_factory=list)
-    max_rows_per_split: int | None = None
+    source_dir: Path | None
+    system_dir: Path
+    download_dir: Path
+    base_url: str
+    files: dict[str, str]
+    label_names: list[str]
+    max_rows_per_split: int | None
 
 
 class CatalogSettings(_Section):
@@ -47,73 +47,76 @@ class CatalogSettings(_Section):
     download_url: str
     cache_dir: Path | None  # None: the user's cache folder (platformdirs)
     download_timeout_s: float = Field(gt=0)
-    max_image_bytes: int = 20_000_000
-    max_image_pixels: int = 40_000_000
+    max_image_bytes: int
+    max_image_pixels: int
     image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
-    max_items: int | None = None
+    max_items: int | None
 
 
 class SparkSettings(_Section):
-    master: str = "local[*]"
-    app_name: str = "simrec"
-    local_ip: str | None = "127.0.0.1"
-    delta_format: bool = False
-    conf: dict[str, str] = Field(default_factory=dict)
+    master: str
+    app_name: str
+    local_ip: str | None
+    delta_format: bool
+    conf: dict[str, str]
 
 
 class MlflowSettings(_Section):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str | None = "mlruns"
-    experiment: str = "simrec"
-    registry_uri: str | None = None
+    tracking_uri: str
+    artifact_root: str | None
+    experiment: str
+    registry_uri: str | None
 
 
 class ModelSettings(_Section):
-    image_size: int = 28
-    channels: int = 1
-    conv_filters: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 1
-    batch_norm: bool = True
-    dropout: float = 0.25
-    dense_units: int = 0
-    embedding_dim: int = 128
-    augment: bool = True
+    image_size: int
+    channels: int
+    conv_filters: list[int]
+    convs_per_block: int
+    batch_norm: bool
+    dropout: float
+    dense_units: int
+    embedding_dim: int
+    augment: bool
 
 
 class TrainSettings(_Section):
-    epochs: int = 12
-    steps_per_epoch: int | None = 600
-    classes_per_batch: int = 10
-    examples_per_class: int = 20
-    learning_rate: float = 1e-3
-    lr_decay: Literal["cosine", "none"] = "cosine"
-    distance: str = "cosine"
-    loss_alpha: float = 2.0
-    loss_beta: float = 40.0
-    loss_epsilon: float = 0.1
-    loss_lmda: float = 0.5
-    validation_fraction: float = 0.1
-    validation_queries: int = 2000
-    seed: int = 7
-    max_rows: int | None = None
-    holdout_classes: list[int] = Field(default_factory=list)
+    epochs: int
+    steps_per_epoch: int | None
+    classes_per_batch: int
+    examples_per_class: int
+    learning_rate: float
+    lr_decay: Literal["cosine", "none"]
+    distance: str
+    loss_alpha: float
+    loss_beta: float
+    loss_epsilon: float
+    loss_lmda: float
+    validation_fraction: float
+    validation_queries: int
+    seed: int
+    max_rows: int | None
+    holdout_classes: list[int]
 
 
 class DistributedSettings(_Section):
     """Horovod-on-Spark data-parallel training (`simrec train --distributed`)."""
 
-    num_proc: int = 2
-    scale_learning_rate: bool = True
-    batch_per_worker: int | None = None
-    reader: Literal["pyarrow", "petastorm"] = "pyarrow"
-    read_batch_rows: int = 1024
-    shuffle_buffer_rows: int = 2000
-    checkpoint_dir: Path | None = None
-    nics: list[str] | None = None
-    start_timeout_s: int = 600
+    num_proc: int
+    scale_learning_rate: bool
+    batch_per_worker: int | None
+    reader: Literal["pyarrow", "petastorm"]
+    read_batch_rows: int
+    shuffle_buffer_rows: int
+    checkpoint_dir: Path | None
+    nics: list[str] | None
+    start_timeout_s: int
 
 
 class IndexSettings(_Section):
+    # The one section keeping defaults (the same as conf/simrec.yaml's index:): code builds
+    # exact indexes of its own (the style model's per-category flat indexes) from kind and
+    # metric alone. tests/test_config_single_source.py allows this section only.
     kind: Literal["flat", "hnsw", "ivf"] = "flat"
     metric: Literal["ip", "l2"] = "ip"
     hnsw_m: int = 32
@@ -123,42 +126,57 @@ class IndexSettings(_Section):
 
 
 class EvaluationSettings(_Section):
-    recall_at: list[int] = Field(default_factory=lambda: [1, 5])
-    map_at_r: bool = True
-    baseline: Literal["raw_pixels", "none"] = "raw_pixels"
-    grid_queries: int = 8
-    grid_k: int = 5
-    max_queries: int | None = None
+    recall_at: list[int]
+    map_at_r: bool
+    baseline: Literal["raw_pixels", "none"]
+    grid_queries: int
+    grid_k: int
+    max_queries: int | None
+    query_chunk: int = Field(gt=0)
+    map_points: int = Field(gt=1)
+    map_seed: int
+
+
+class PromotionSettings(_Section):
+    """The gate between a new registered version (`challenger_alias`) and the served alias."""
+
+    challenger_alias: str
+    metric: str
+    min_margin_over_baseline: float
+    max_regression: float = Field(ge=0)
+    style_registered_model: str
+    style_hit_at: int = Field(gt=0)
+    style_min_margin_over_colour: float
 
 
 class RecommendSettings(_Section):
-    k: int = 5
-    max_k: int = 100
+    k: int
+    max_k: int
 
 
 class StyleTrainSettings(_Section):
     """Transfer learning from rooms: a metric head on frozen style features."""
 
-    folds: int = 5
-    holdout_fold: int = 0
-    augment_views: int = 1
-    augment_crop: float = 0.8
-    hidden_units: int = 256
-    embedding_dim: int = 64
-    dropout: float = 0.3
-    input_noise: float = 0.3
-    epochs: int = 15
-    steps_per_epoch: int = 40
-    rooms_per_batch: int = 24
-    items_per_room: int = 4
-    min_room_items: int = 2
-    loss: Literal["cross_category", "multi_similarity"] = "cross_category"
-    learning_rate: float = 1e-3
-    loss_alpha: float = 2.0
-    loss_beta: float = 40.0
-    loss_epsilon: float = 0.1
-    loss_lmda: float = 0.5
-    seed: int = 7
+    folds: int
+    holdout_fold: int
+    augment_views: int
+    augment_crop: float
+    hidden_units: int
+    embedding_dim: int
+    dropout: float
+    input_noise: float
+    epochs: int
+    steps_per_epoch: int
+    rooms_per_batch: int
+    items_per_room: int
+    min_room_items: int
+    loss: Literal["cross_category", "multi_similarity"]
+    learning_rate: float
+    loss_alpha: float
+    loss_beta: float
+    loss_epsilon: float
+    loss_lmda: float
+    seed: int
 
 
 class SqueezeNetWeightsSettings(_Section):
@@ -214,73 +232,69 @@ class StyleSelectSettings(_Section):
 class StyleSettings(_Section):
     """Gram-matrix style recommender ("complete the look")."""
 
-    backbone: Literal["vgg16", "squeezenet", "keras_model"] = "vgg16"
+    backbone: Literal["vgg16", "squeezenet", "keras_model"]
     # Both sections come from conf/simrec.yaml; None only so that the settings stored in
     # bundles saved before they existed still load.
-    squeezenet: SqueezeNetWeightsSettings | None = None
-    weights: Literal["imagenet", "random"] = "imagenet"
-    weights_path: Path | None = None
-    backbone_path: Path | None = None
-    layers: list[str] = Field(
-        default_factory=lambda: ["block1_conv2", "block2_conv2", "block3_conv1"]
-    )
-    layer_weights: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
-    image_size: int = 128
-    pca_dims: int = 64
-    gram_power: float = 0.5
-    mask_background: bool = True
-    background_threshold: int = 240
-    batch_size: int = 32
-    metric: Literal["l2", "cosine"] = "l2"
-    categories: list[str] = Field(default_factory=list)
-    pairs: list[str] = Field(
-        default_factory=lambda: ["chair:table", "table:chair", "sofa:table", "bed:pillow"]
-    )
-    hit_at: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    colour_bins: int = 8
-    min_queries: int = 20
-    n: int = 10
-    max_n: int = 100
-    seed: int = 7
-    train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
-    select: StyleSelectSettings | None = None
+    squeezenet: SqueezeNetWeightsSettings | None
+    weights: Literal["imagenet", "random"]
+    weights_path: Path | None
+    backbone_path: Path | None
+    layers: list[str]
+    layer_weights: list[float]
+    image_size: int
+    pca_dims: int
+    gram_power: float
+    mask_background: bool
+    background_threshold: int
+    batch_size: int
+    metric: Literal["l2", "cosine"]
+    categories: list[str]
+    pairs: list[str]
+    hit_at: list[int]
+    colour_bins: int
+    min_queries: int
+    n: int
+    max_n: int
+    seed: int
+    train: StyleTrainSettings
+    select: StyleSelectSettings | None
 
 
 class ServingSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token_env: str = "SIMREC_API_TOKEN"
-    min_token_chars: int = 16
-    max_body_bytes: int = 10 * 2**20
-    max_batch_size: int = 64
-    max_image_pixels: int = 25_000_000
+    host: str
+    port: int
+    token_env: str
+    min_token_chars: int
+    max_body_bytes: int
+    max_batch_size: int
+    max_image_pixels: int
     image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
     max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
     shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
-    search_threads: int = 1
-    thumbnail_size: int = 64
-    registered_model: str = "simrec-fashion"
-    alias: str = "champion"
-    client_timeout_s: float = 30.0
+    search_threads: int
+    thumbnail_size: int
+    registered_model: str
+    alias: str
+    client_timeout_s: float
 
 
 class AppSettings(_Section):
     """`simrec app`: the Streamlit demo. A null URL means the registered model in-process."""
 
-    port: int = 8501
-    address: str = "127.0.0.1"
-    api_url: str | None = None
-    api_url_env: str = "SIMREC_API_URL"
-    style_api_url: str | None = None
-    style_api_url_env: str = "SIMREC_STYLE_API_URL"
-    token_env: str = "SIMREC_API_TOKEN"
+    port: int
+    address: str
+    api_url: str | None
+    api_url_env: str
+    style_api_url: str | None
+    style_api_url_env: str
+    token_env: str
     token_file: Path | None  # a mounted Secret; wins over token_env
-    fashion_model_uri: str = "models:/simrec-fashion@champion"
-    style_model_uri: str = "models:/simrec-style@champion"
-    sample_grid: int = 12
-    grid_columns: int = 6
-    max_upload_bytes: int = 10 * 2**20
+    fashion_model_uri: str
+    style_model_uri: str
+    sample_grid: int
+    grid_columns: int
+    max_upload_bytes: int
     upload_types: list[str] = Field(min_length=1)
     thumbnail_px: int = Field(gt=0)
     query_px: int = Field(gt=0)
@@ -316,17 +330,17 @@ class SearchDimension(_Section):
 
 
 class TuningSettings(_Section):
-    max_evals: int = Field(32, ge=1)
-    parallelism: int = Field(2, ge=1)
-    trials: Literal["spark", "local"] = "spark"
-    algo: Literal["tpe", "random"] = "tpe"
-    seed: int = 7
-    timeout_s: int | None = None
-    threads_per_trial: int | None = None
-    best_params_file: Path = Path("best.yaml")
-    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    max_evals: int = Field(ge=1)
+    parallelism: int = Field(ge=1)
+    trials: Literal["spark", "local"]
+    algo: Literal["tpe", "random"]
+    seed: int
+    timeout_s: int | None
+    threads_per_trial: int | None
+    best_params_file: Path
+    points_to_evaluate: list[dict[str, Any]]
     # section -> knob -> distribution; a null knob is not searched.
-    space: dict[str, dict[str, SearchDimension | None]] = Field(default_factory=dict)
+    space: dict[str, dict[str, SearchDimension | None]]
 
     def dimensions(self) -> dict[str, SearchDimension]:
         """The searched knobs by dotted settings key (`train.learning_rate`)."""
@@ -339,36 +353,37 @@ class TuningSettings(_Section):
 
 
 class ReindexSettings(_Section):
-    alias: str | None = "champion"
-    embed_batch_size: int = Field(512, gt=0)
+    alias: str | None
+    embed_batch_size: int = Field(gt=0)
 
 
 class BatchSettings(_Section):
-    output_table: str = "batch_recommendations"
-    k: int = Field(5, gt=0)
-    rows: Literal["catalog", "all"] = "catalog"
-    partitions: int | None = Field(None, gt=0)
-    embed_batch_size: int = Field(512, gt=0)
+    output_table: str
+    k: int = Field(gt=0)
+    rows: Literal["catalog", "all"]
+    partitions: int | None = Field(gt=0)
+    embed_batch_size: int = Field(gt=0)
 
 
 class Settings(_Section):
-    lake: LakeSettings = Field(default_factory=LakeSettings)
-    fashion_mnist: FashionMnistSettings = Field(default_factory=FashionMnistSettings)
-    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
-    spark: SparkSettings = Field(default_factory=SparkSettings)
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
-    index: IndexSettings = Field(default_factory=IndexSettings)
-    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
-    recommend: RecommendSettings = Field(default_factory=RecommendSettings)
-    style: StyleSettings = Field(default_factory=StyleSettings)
-    serving: ServingSettings = Field(default_factory=ServingSettings)
-    tuning: TuningSettings = Field(default_factory=TuningSettings)
-    app: AppSettings = Field(default_factory=AppSettings)
-    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
-    batch: BatchSettings = Field(default_factory=BatchSettings)
+    lake: LakeSettings
+    fashion_mnist: FashionMnistSettings
+    catalog: CatalogSettings
+    spark: SparkSettings
+    mlflow: MlflowSettings
+    model: ModelSettings
+    train: TrainSettings
+    distributed: DistributedSettings
+    index: IndexSettings
+    evaluation: EvaluationSettings
+    recommend: RecommendSettings
+    style: StyleSettings
+    serving: ServingSettings
+    tuning: TuningSettings
+    app: AppSettings
+    reindex: ReindexSettings
+    batch: BatchSettings
+    promotion: PromotionSettings
 
     @model_validator(mode="after")
     def _check_tuning_knobs(self) -> Settings:
@@ -463,3 +478,11 @@ def load_settings(
             raw = _merge(raw, yaml.safe_load(handle) or {})
     settings = Settings.model_validate(raw)
     return settings.with_overrides(overrides) if overrides else settings
+
+
+def configured_section(section: str, **overrides: Any) -> BaseModel:
+    """Section `section` of the default config (conf/simrec.yaml, the only source of
+    defaults) with `overrides` applied and validated; for code and tests that need one
+    section on its own, e.g. `configured_section("spark", master="local[2]")`."""
+    current = getattr(load_settings(DEFAULT_CONFIG), section)
+    return type(current).model_validate({**current.model_dump(), **overrides})

@@ -1,78 +1,85 @@
-"""The main job end to end, on the configured defaults: ingest → train → index → evaluate →
-package and register the fashion model; then the furniture style indexes, registered too."""
+"""The main job end to end, on the configured defaults: ingest → train → package (the catalog
+embedded once) → evaluate that bundle → register as challenger → gate → promote the fashion
+model; then the furniture style indexes, registered too."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-
-import mlflow
+from typing import Any
 
 from simrec.config import Settings
-from simrec.evaluation.evaluate import EvaluationReport, evaluate
-from simrec.index.build import build_catalog_index
+from simrec.evaluation.evaluate import EvaluationReport
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.train import TrainResult, train
 from simrec.serving.package import PackageResult, package_run
+from simrec.serving.style_promotion import register_style
 from simrec.style.build import build_style
-from simrec.style.pyfunc import REGISTERED_MODEL as STYLE_MODEL
-from simrec.style.pyfunc import log_style_pyfunc
 from simrec.tracking import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class PipelineResult:
     table: TableVersion
     training: TrainResult
-    evaluation: EvaluationReport
     package: PackageResult
+    tracking_uri: str
     style_model_uri: str | None = None
+    style_promotion: Any = None  # PromotionResult of the style gate, when it ran
 
+    @property
+    def evaluation(self) -> EvaluationReport | None:
+        return self.package.evaluation
 
-STYLE_ALIAS = "champion"  # what `simrec style register` and the app's style_model_uri use
-
-
-def build_and_register_style(settings: Settings, lake: Lakehouse) -> str:
-    """Gram-style indexes over the catalog, registered as the `simrec-style` pyfunc."""
-    built = build_style(settings, lake)
-    with mlflow.start_run(run_id=built.run_id):
-        return log_style_pyfunc(
-            built.folder, STYLE_MODEL, settings.style.n, settings.style.max_n, STYLE_ALIAS
+    def summary(self, lake_root: str, experiment: str) -> str:
+        report, promotion = self.evaluation, self.package.promotion
+        recall = report.model.get("recall_at_1", float("nan")) if report else float("nan")
+        baseline = report.baseline.get("recall_at_1", float("nan")) if report else float("nan")
+        return (
+            "Done.\n"
+            f"  Delta tables : {lake_root}\n"
+            f"  MLflow store : {self.tracking_uri} "
+            f"(experiment {experiment!r}, run {self.training.run_id})\n"
+            f"  Model        : {self.package.registry_uri} (version {self.package.version})\n"
+            f"  Gate         : {promotion.summary() if promotion else 'not run'}\n"
+            f"  Style model  : {self.style_model_uri or 'skipped (no catalog)'}\n"
+            f"  Style gate   : "
+            f"{self.style_promotion.summary() if self.style_promotion else 'not run'}\n"
+            f"  Recall@1     : {recall:.4f} (raw-pixel kNN {baseline:.4f}, bundle evaluated)\n"
+            f"  Browse runs  : .venv/bin/mlflow ui --backend-store-uri {self.tracking_uri}"
         )
 
 
-def run_pipeline(settings: Settings, with_catalog: bool = True) -> PipelineResult:
+def build_and_register_style(settings: Settings, lake: Lakehouse, promote: bool = True):
+    """Gram-style indexes over the catalog, registered as the style pyfunc and gated."""
+    built = build_style(settings, lake)
+    return register_style(settings, lake, built.run_id, built.folder, promote)
+
+
+def run_pipeline(
+    settings: Settings, with_catalog: bool = True, promote: bool = True
+) -> PipelineResult:
+    """train → package (catalog embedded once) → evaluate the bundle → register as challenger
+    → gate → promote; then the furniture style model. Progress goes to this module's log."""
     tracking_uri = resolve_tracking_uri(settings.mlflow.tracking_uri)
     lake = Lakehouse(settings.lake.root)
-    print(f"[1/7] ingesting Fashion-MNIST into {lake.path(settings.lake.fashion_table)}")
+    log.info("[1/5] ingesting Fashion-MNIST into %s", lake.path(settings.lake.fashion_table))
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(settings.lake.fashion_table, ingested.version)
     if with_catalog:
         where = settings.catalog.source_dir or "the verified download (catalog.cache_dir)"
-        print(f"[2/7] ingesting the IKEA catalog from {where}")
+        log.info("[2/5] ingesting the IKEA catalog from %s", where)
         ingest_catalog(lake, settings.catalog, settings.lake)
-    print(f"[3/7] training on {table.name} v{table.version}")
+    log.info("[3/5] training on %s v%s", table.name, table.version)
     training = train(settings, lake, table)
-    print(f"[4/7] building the {settings.index.kind} index")
-    build_catalog_index(settings, lake, training.run_id)
-    print("[5/7] evaluating")
-    report = evaluate(settings, lake, training.run_id)
-    print(f"[6/7] packaging and registering {settings.serving.registered_model!r}")
-    package = package_run(settings, lake, training.run_id)
+    log.info("[4/5] packaging, evaluating and gating %r", settings.serving.registered_model)
+    package = package_run(settings, lake, training.run_id, promote=promote)
     style_model_uri = None
     if with_catalog:
-        print("[7/7] building and registering the furniture style recommender")
-        style_model_uri = build_and_register_style(settings, lake)
-    print(
-        "\nDone.\n"
-        f"  Delta tables : {lake.root}\n"
-        f"  MLflow store : {tracking_uri} "
-        f"(experiment {settings.mlflow.experiment!r}, run {training.run_id})\n"
-        f"  Model        : {package.registry_uri} (version {package.version})\n"
-        f"  Style model  : {style_model_uri or 'skipped (no catalog)'}\n"
-        f"  Recall@1     : {report.model.get('recall_at_1', float('nan')):.4f} "
-        f"(raw-pixel kNN {report.baseline.get('recall_at_1', float('nan')):.4f})\n"
-        f"  Browse runs  : .venv/bin/mlflow ui --backend-store-uri {tracking_uri}"
-    )
-    return PipelineResult(table, training, report, package, style_model_uri)
+        log.info("[5/5] building and registering the furniture style recommender")
+        style_model_uri, style_promotion = build_and_register_style(settings, lake, promote)
+    return PipelineResult(table, training, package, tracking_uri, style_model_uri, style_promotion)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import yaml
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
 from simrec.config import MlflowSettings
 from simrec.lake.tables import TableVersion
+
+if TYPE_CHECKING:
+    from simrec.config import Settings
 
 _SQLITE_RELATIVE = re.compile(r"^sqlite:///(?!/)(.+)$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -63,3 +70,35 @@ def log_table_input(table: TableVersion, context: str) -> None:
             f"simrec.{context}.table_id": str(table.table_id or ""),
         }
     )
+
+
+EFFECTIVE_CONFIG_FILE = "effective_config.yaml"
+STEP_TAG = "simrec.step"
+
+
+@contextmanager
+def tracked_step(
+    step: str,
+    settings: Settings | None = None,
+    tables: dict[str, TableVersion] | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    nested: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """One pipeline step's MLflow run, opened the same way everywhere: `simrec.step` tag (and
+    `tags`), the effective config as params and as `effective_config.yaml`, each of `tables`
+    as a Delta dataset input by context, then `params`. Setup of the store is the caller's."""
+    with mlflow.start_run(run_name=run_name or step, nested=nested) as run:
+        mlflow.set_tags({STEP_TAG: step, **(tags or {})})
+        if settings is not None:
+            mlflow.log_params(settings.flat())
+            mlflow.log_text(
+                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False),
+                EFFECTIVE_CONFIG_FILE,
+            )
+        for context, table in (tables or {}).items():
+            log_table_input(table, context=context)
+        if params:
+            mlflow.log_params(params)
+        yield run

@@ -12,11 +12,11 @@ the run exactly as on a single-process one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import queue
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from simrec.config import Settings
 from simrec.distributed.batching import ClassBalancedBatches, batched_dataset
@@ -46,6 +45,7 @@ from simrec.distributed.shards import (
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages
+from simrec.model.progress import keras_verbosity
 from simrec.model.train import (
     MlflowEpochLogger,
     TrainResult,
@@ -54,7 +54,9 @@ from simrec.model.train import (
     log_model,
     steps_per_epoch,
 )
-from simrec.tracking import log_table_input, resolve_tracking_uri, setup_mlflow
+from simrec.tracking import resolve_tracking_uri, setup_mlflow, tracked_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -182,7 +184,7 @@ def train_distributed(
         )
     settings = _absolute_paths(settings)
     plan = plan_training(settings, lake, table, num_proc)
-    print(
+    log.info(
         f"distributed training on {plan.training_rows} images ({plan.validation_rows} for "
         f"validation), {num_proc} processes × {plan.steps_per_epoch} steps × "
         f"{plan.batch_per_worker} images, {settings.train.epochs} epochs; shards of "
@@ -192,17 +194,16 @@ def train_distributed(
     )
 
     setup_mlflow(settings.mlflow)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags(
-            {
-                "simrec.step": "train" if distributed_optimizer else "diagnostic",
-                "simrec.training.mode": "distributed",
-                "simrec.distributed.num_proc": str(num_proc),
-            }
-        )
-        mlflow.log_params(settings.flat())
-        _log_effective_config(settings)
-        log_table_input(table, context="training")
+    with tracked_step(
+        "train" if distributed_optimizer else "diagnostic",
+        settings,
+        {"training": table},
+        run_name=run_name,
+        tags={
+            "simrec.training.mode": "distributed",
+            "simrec.distributed.num_proc": str(num_proc),
+        },
+    ) as run:
         mlflow.log_params(
             {
                 "train_rows": plan.training_rows,
@@ -241,7 +242,7 @@ def train_distributed(
             nics=_nics(settings),
             start_timeout=settings.distributed.start_timeout_s,
             use_gloo=True,
-            verbose=1,
+            verbose=keras_verbosity(),
         )
         launch_seconds = time.perf_counter() - started
         reports = sorted(reports, key=lambda report: report.rank)
@@ -462,13 +463,6 @@ def _absolute_paths(settings: Settings) -> Settings:
             Path(settings.distributed.checkpoint_dir).resolve()
         )
     return settings.with_overrides(overrides)
-
-
-def _log_effective_config(settings: Settings) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        config_file = Path(folder) / "effective_config.yaml"
-        config_file.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
-        mlflow.log_artifact(str(config_file))
 
 
 def _require_gloo() -> None:

@@ -36,3 +36,29 @@ def result_grid(
     axes[0][0].set_title("query\n" + query_titles[0], fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def embedding_map(
+    embeddings: np.ndarray, labels: np.ndarray, label_names: dict[int, str]
+) -> plt.Figure:
+    """A 2-D PCA projection of `embeddings`, one colour per class."""
+    from sklearn.decomposition import PCA
+
+    points = PCA(n_components=2).fit_transform(embeddings)
+    figure, axis = plt.subplots(figsize=(6, 5))
+    colours = plt.get_cmap("tab10")
+    for position, label in enumerate(np.unique(labels)):
+        chosen = labels == label
+        axis.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=4,
+            color=colours(position % colours.N),
+            label=label_names.get(int(label), str(label)),
+        )
+    axis.set_xlabel("PC 1")
+    axis.set_ylabel("PC 2")
+    axis.set_title("test-query embeddings (PCA)")
+    axis.legend(fontsize=7, markerscale=3, loc="best")
+    figure.tight_layout()
+    return figure

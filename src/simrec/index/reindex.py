@@ -44,6 +44,7 @@ from simrec.serving.package import (
     PackageResult,
     catalog_lineage,
     embed_catalog,
+    evaluate_and_promote,
     item_frame,
     make_thumbnails,
     query_frame,
@@ -237,11 +238,17 @@ def _full_rebuild(source: _Source) -> _Update:
 
 
 def reindex(
-    settings: Settings, model_uri: str, alias: str | None = None, full: bool = False
+    settings: Settings,
+    model_uri: str,
+    alias: str | None = None,
+    full: bool = False,
+    promote: bool = True,
+    force: bool = False,
 ) -> ReindexResult:
     """Update the registered bundle `model_uri` (`models:/name@alias` or `models:/name/N`) to
-    the latest version of its table; see the module docstring. `alias` (default
-    `reindex.alias`; "" for none) is pointed at the new version."""
+    the latest version of its table; see the module docstring. The new version is registered
+    as `promotion.challenger_alias`; with `promote`, `alias` (default `reindex.alias`; "" for
+    none) moves to it only if it does not regress on the fixed query set (or `force`)."""
     setup_mlflow(settings.mlflow)
     alias = settings.reindex.alias if alias is None else (alias or None)
     started = time.perf_counter()
@@ -275,13 +282,17 @@ def reindex(
             example,
             new_lineage,
             bundle.registered.name,
-            alias,
+            settings.promotion.challenger_alias,
             step="reindex",
             tables={"catalog": source.latest},
             tags={
                 "simrec.training_run_id": str(lineage["training_run_id"]),
                 "simrec.parent_model": bundle.registered.uri,
             },
+            settings=settings,
+        )
+        package = evaluate_and_promote(
+            settings, package, "reindex", alias if promote else None, force
         )
         timings["register_s"] = time.perf_counter() - updated
         return ReindexResult(

@@ -33,19 +33,17 @@ class ScopeMissingError(LookupError):
 @dataclass(frozen=True)
 class CatalogScope:
     """Rows of one split only (Fashion-MNIST: `train`; None: every row), and of some labels
-    only (the unseen-class protocol's held-out classes; None: every label)."""
+    only (None: every label)."""
 
     split: str | None = None
     labels: tuple[int, ...] | None = None
 
     @classmethod
     def for_table(cls, column_names: list[str], settings: Settings) -> CatalogScope:
-        """The catalog of a table as `simrec index` sees it: its train split when it has
-        splits, the held-out classes when the unseen-class protocol is on and it has labels."""
-        split = CATALOG_SPLIT if SPLIT_COLUMN in column_names else None
-        holdout = settings.train.holdout_classes
-        labels = tuple(holdout) if holdout and LABEL_COLUMN in column_names else None
-        return cls(split, labels)
+        """The catalog of a table as a bundle holds it: its train split when it has splits,
+        every class (under the unseen-class protocol too: the held-out classes' queries are
+        asked of an index that holds them and the seen ones, as TF Similarity evaluates)."""
+        return cls(CATALOG_SPLIT if SPLIT_COLUMN in column_names else None, None)
 
     @classmethod
     def from_lineage(cls, lineage: dict[str, Any]) -> CatalogScope:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import tensorflow as tf
-import yaml
 from tensorflow_similarity.losses import MultiSimilarityLoss
 from tensorflow_similarity.samplers import MultiShotMemorySampler
 
@@ -20,7 +17,8 @@ from simrec.evaluation.retrieval import retrieval_report
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages, read_split, validation_mask
 from simrec.model.embedding import build_similarity_model, embed, embedding_model
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.model.progress import keras_verbosity
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +101,9 @@ class ValidationRecall(tf.keras.callbacks.Callback):
         if recall > self.best_recall:
             self.best_recall, self.best_epoch = recall, epoch
             self.best_weights = self.model.get_weights()
-        print(f"epoch {epoch + 1}: validation Recall@1 {recall:.4f} (best {self.best_recall:.4f})")
+        log.info(
+            "epoch %d: validation Recall@1 %.4f (best %.4f)", epoch + 1, recall, self.best_recall
+        )
 
 
 class MlflowEpochLogger(tf.keras.callbacks.Callback):
@@ -170,7 +170,7 @@ def fit_and_validate(
     train_rows: LabelledImages,
     validation_rows: LabelledImages,
     extra_callbacks: list[tf.keras.callbacks.Callback] | None = None,
-    verbose: int = 1,
+    verbose: int | None = None,
 ) -> FitOutcome:
     """Fit on `train_rows`, keep the epoch with the best validation Recall@1.
 
@@ -181,9 +181,12 @@ def fit_and_validate(
     if len(np.unique(train_rows.labels)) < 2:
         raise ValueError("training needs at least two classes")
     steps = steps_per_epoch(settings, len(train_rows))
-    print(
-        f"training on {len(train_rows)} images ({len(validation_rows)} for validation), "
-        f"{settings.train.epochs} epochs × {steps} steps"
+    log.info(
+        "training on %d images (%d for validation), %d epochs × %d steps",
+        len(train_rows),
+        len(validation_rows),
+        settings.train.epochs,
+        steps,
     )
     model = compile_model(settings, total_steps=settings.train.epochs * steps)
     validation = ValidationRecall(validation_rows, settings.train.validation_queries)
@@ -194,7 +197,7 @@ def fit_and_validate(
         make_sampler(train_rows, settings, steps),
         epochs=settings.train.epochs,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=keras_verbosity() if verbose is None else verbose,
     )
     if validation.best_weights is not None:
         model.set_weights(validation.best_weights)
@@ -216,18 +219,13 @@ def train(
         raise ValueError("training needs at least two classes")
 
     setup_mlflow(settings.mlflow)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tag("simrec.step", "train")
-        mlflow.log_params(settings.flat())
-        with tempfile.TemporaryDirectory() as folder:
-            config_file = Path(folder) / "effective_config.yaml"
-            config_file.write_text(
-                yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
-            )
-            mlflow.log_artifact(str(config_file))
-        log_table_input(table, context="training")
-        mlflow.log_params({"train_rows": len(train_rows), "validation_rows": len(validation_rows)})
-
+    with tracked_step(
+        "train",
+        settings,
+        {"training": table},
+        run_name=run_name,
+        params={"train_rows": len(train_rows), "validation_rows": len(validation_rows)},
+    ) as run:
         fitted = fit_and_validate(settings, train_rows, validation_rows)
         mlflow.log_metrics(
             {"best_epoch": fitted.best_epoch, "best_val_recall_at_1": fitted.val_recall_at_1}

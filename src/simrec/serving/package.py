@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import shutil
 import tempfile
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,7 @@ from simrec.index.faiss_index import EmbeddingIndex, build_index
 from simrec.index.scope import IMAGE_COLUMN as TABLE_IMAGE_COLUMN
 from simrec.index.scope import KEY_COLUMN, CatalogScope, metadata_columns
 from simrec.lake.tables import Lakehouse, TableVersion
-from simrec.runs import INDEX_ARTIFACT as RUN_INDEX_ARTIFACT
-from simrec.runs import ITEMS_FILE, latest_run_id, load_embedding_model, training_table
+from simrec.runs import latest_run_id, load_embedding_model, training_table
 from simrec.serving.bundle import (
     BundleNotFoundError,
     Embedder,
@@ -58,7 +59,9 @@ from simrec.serving.pyfunc import (
     EmbeddingSearchModel,
     ImageSearchModel,
 )
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "simrec_model"  # the logged model's name inside the package run
 # What the bundle imports at inference time, pinned to the versions that packaged it.
@@ -84,6 +87,9 @@ class PackageResult:
     version: int
     alias: str | None
     lineage: dict[str, Any]
+    evaluation: Any = None  # EvaluationReport of the bundle itself, when it has a query set
+    promotion: Any = None  # PromotionResult, when the gate ran
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: package, evaluate, gate
 
     @property
     def registry_uri(self) -> str:
@@ -176,9 +182,10 @@ def embed_catalog(
     item_columns: list[str],
     thumbnail_size: int,
     batch_size: int,
+    with_thumbnails: bool = True,
 ) -> CatalogBundle:
     """A fresh bundle catalog from table rows (`id`, `image` and `item_columns`): every row
-    embedded and indexed, its metadata and a thumbnail kept."""
+    embedded and indexed, its metadata and (`with_thumbnails`) a thumbnail kept."""
     if rows.num_rows == 0:
         raise ValueError("the catalog holds no rows: nothing to index")
     item_ids = [str(item_id) for item_id in rows.column(KEY_COLUMN).to_pylist()]
@@ -187,7 +194,9 @@ def embed_catalog(
     return CatalogBundle(
         index=build_index(item_ids, embeddings, index_settings),
         items=item_frame(rows, item_columns),
-        thumbnails=make_thumbnails(item_ids, images, thumbnail_size),
+        thumbnails=make_thumbnails(item_ids, images, thumbnail_size)
+        if with_thumbnails
+        else make_thumbnails([], [], thumbnail_size),
     )
 
 
@@ -318,18 +327,16 @@ def register_bundle(
     step: str,
     tables: dict[str, TableVersion],
     tags: dict[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> PackageResult:
     """Log the bundle (`model_dir` + `catalog`) in a new run named `step`, with `tables` as its
     dataset inputs by context, register it and set `alias`."""
     with tempfile.TemporaryDirectory(prefix="simrec-bundle-") as workdir:
         artifacts = {EMBEDDING_MODEL_ARTIFACT: str(model_dir), **catalog.write(Path(workdir))}
-        with mlflow.start_run(run_name=step):
-            mlflow.set_tags({"simrec.step": step, **(tags or {})})
-            for context, table in tables.items():
-                log_table_input(table, context=context)
-            mlflow.log_params(
-                {f"lineage.{key}": value for key, value in lineage.items() if value is not None}
-            )
+        lineage_params = {
+            f"lineage.{key}": value for key, value in lineage.items() if value is not None
+        }
+        with tracked_step(step, settings, tables, tags=tags, params=lineage_params):
             return log_bundle(
                 EmbeddingSearchModel(), artifacts, config, example, lineage, registered_name, alias
             )
@@ -342,21 +349,25 @@ def package_run(
     registered_name: str | None = None,
     alias: str | None = None,
     table_name: str | None = None,
+    promote: bool = True,
+    force: bool = False,
 ) -> PackageResult:
-    """Bundle training run `run_id` as the deployable model.
+    """Bundle training run `run_id` as the deployable model, measure it, gate it.
 
-    By default the catalog is the run's own index (`simrec index`) over its training table.
-    With `table_name`, every catalog row of that table (e.g. the IKEA items) is embedded here
-    with the run's weights instead; metadata columns come from the table.
+    The catalog is embedded once, here, with the SavedModel the bundle serves: by default the
+    train split of the run's training table, or with `table_name` every catalog row of that
+    table (e.g. the IKEA items). The version is registered as `promotion.challenger_alias`,
+    scored through its own pyfunc (figures on the package run and as version tags) and, with
+    `promote`, moved to `alias` (default `serving.alias`) if the gate passes (or `force`).
     """
     setup_mlflow(settings.mlflow)
     trained_on = training_table(run_id)
-    if table_name is None and mlflow.get_run(run_id).data.tags.get("simrec.index") != "built":
-        raise LookupError(f"run {run_id} has no index yet; run `simrec index --run-id {run_id}`")
     serving = settings.serving
     registered_name = registered_name or serving.registered_model
     alias = serving.alias if alias is None else (alias or None)
     config = bundle_config(settings)
+    batch_size = settings.reindex.embed_batch_size
+    started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="simrec-package-") as workdir:
         folder = Path(workdir)
@@ -366,75 +377,97 @@ def package_run(
             settings.model.image_size,
             settings.model.channels,
         )
-        if table_name is None:
-            table = trained_on
-            rows = lake.read(table.name, table.version)
-            scope = CatalogScope.for_table(rows.column_names, settings)
-            catalog = _run_catalog(run_id, rows, folder, serving.thumbnail_size)
-        else:
-            table = lake.pin(table_name)
-            rows = lake.read(table.name, table.version)
-            scope = CatalogScope.for_table(rows.column_names, settings)
-            embedder = saved_model_embedder(model_dir, settings.reindex.embed_batch_size)
-            catalog = embed_catalog(
-                scope.select(rows),
-                embedder,
-                config,
-                settings.index,
-                metadata_columns(rows.column_names),
-                serving.thumbnail_size,
-                settings.reindex.embed_batch_size,
-            )
+        table = trained_on if table_name is None else lake.pin(table_name)
+        rows = lake.read(table.name, table.version)
+        scope = CatalogScope.for_table(rows.column_names, settings)
+        log.info("embedding the catalog of %s v%s", table.name, table.version)
+        catalog = embed_catalog(
+            scope.select(rows),
+            saved_model_embedder(model_dir, batch_size),
+            config,
+            settings.index,
+            metadata_columns(rows.column_names),
+            serving.thumbnail_size,
+            batch_size,
+        )
         images = example_images(rows, catalog.items[ITEM_ID_COLUMN].tolist())
         example = query_frame(images, [settings.recommend.k] * len(images))
         lineage = catalog_lineage(table, scope, catalog.index, training_run_id=run_id)
-        return register_bundle(
+        package = register_bundle(
             model_dir,
             catalog,
             config,
             example,
             lineage,
             registered_name,
-            alias,
+            settings.promotion.challenger_alias,
             step="package",
             tables={"training": trained_on, "catalog": table},
             tags={"simrec.training_run_id": run_id},
+            settings=settings,
         )
+    package = replace(package, timings={"package_s": time.perf_counter() - started})
+    return evaluate_and_promote(settings, package, "model", alias if promote else None, force)
+
+
+def evaluate_and_promote(
+    settings: Settings,
+    package: PackageResult,
+    kind: str,
+    alias: str | None,
+    force: bool = False,
+) -> PackageResult:
+    """Score the registered challenger through its pyfunc, log and tag the figures, then run
+    the gate towards `alias` (None: stay challenger)."""
+    from simrec.evaluation.evaluate import evaluate_bundle, tag_version
+    from simrec.evaluation.queries import NoQuerySetError
+    from simrec.serving.promotion import promote
+
+    version_uri = f"models:/{package.registered_name}/{package.version}"
+    started = time.perf_counter()
+    report = None
+    try:
+        report = evaluate_bundle(settings, version_uri, package.lineage, package.run_id)
+    except NoQuerySetError as error:
+        log.warning("%s is not evaluated: %s", version_uri, error)
+    else:
+        tag_version(package.registered_name, package.version, report)
+    evaluated = time.perf_counter()
+    promotion = None
+    if alias:
+        score = report.score if report is not None else None
+        promotion = promote(
+            settings,
+            package.registered_name,
+            package.version,
+            alias,
+            kind,
+            force,
+            challenger_score=score,
+        )
+    promoted = promotion is not None and promotion.promoted
+    timings = {
+        **package.timings,
+        "evaluate_s": evaluated - started,
+        "gate_s": time.perf_counter() - evaluated,
+    }
+    return replace(
+        package,
+        alias=alias if promoted else package.alias,
+        evaluation=report,
+        promotion=promotion,
+        timings=timings,
+    )
 
 
 def served_model_uri(settings: Settings, lake: Lakehouse) -> str:
     """`models:/<serving.registered_model>@<serving.alias>`; when nothing is registered under
-    it yet, the newest indexed training run is packaged first (a fresh workspace)."""
+    it yet, the newest training run is packaged (and gated) first (a fresh workspace)."""
     setup_mlflow(settings.mlflow)
     serving = settings.serving
     model_uri = f"models:/{serving.registered_model}@{serving.alias}"
     try:
         resolve_version(model_uri)
     except BundleNotFoundError:
-        run_id = latest_run_id(settings.mlflow.experiment, require_index=True)
-        package_run(settings, lake, run_id)
+        package_run(settings, lake, latest_run_id(settings.mlflow.experiment))
     return model_uri
-
-
-def _run_catalog(run_id: str, rows: pa.Table, folder: Path, thumbnail_size: int) -> CatalogBundle:
-    """The index `simrec index` built for the run, its items, and their thumbnails."""
-    index_dir = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=RUN_INDEX_ARTIFACT, dst_path=str(folder / "run-index")
-    )
-    items = pd.read_parquet(Path(index_dir) / ITEMS_FILE)
-    item_ids = items[ITEM_ID_COLUMN].astype(str).tolist()
-    catalog = rows.filter(pc.is_in(rows.column(KEY_COLUMN), value_set=pa.array(item_ids)))
-    image_of = dict(
-        zip(
-            catalog.column(KEY_COLUMN).to_pylist(),
-            catalog.column(TABLE_IMAGE_COLUMN).to_pylist(),
-            strict=True,
-        )
-    )
-    return CatalogBundle(
-        index=EmbeddingIndex.load(index_dir),
-        items=items,
-        thumbnails=make_thumbnails(
-            item_ids, [image_of[item_id] for item_id in item_ids], thumbnail_size
-        ),
-    )

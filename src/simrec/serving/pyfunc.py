@@ -158,6 +158,13 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
             }
             self._thumbnails = np.asarray([encoded[item_id] for item_id in item_ids], dtype=object)
 
+    def item_metadata(self, item_ids: Sequence[str], column: str) -> np.ndarray:
+        """The `column` values of the bundled items `item_ids` (evaluation reads labels so)."""
+        if column not in self._metadata:
+            raise KeyError(f"the bundled items have no {column!r} column")
+        positions = np.asarray([self._position[item_id] for item_id in item_ids], dtype=np.int64)
+        return self._metadata[column][positions]
+
     # -- predicting -------------------------------------------------------------------------
     def predict(
         self,

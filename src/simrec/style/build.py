@@ -19,12 +19,12 @@ from simrec.style.bundle import StyleBundle, StyleEncoder
 from simrec.style.catalog import StyleCatalog, read_style_catalog
 from simrec.style.features import StyleFeaturizer
 from simrec.style.indexes import CategoryIndexes
-from simrec.tracking import log_table_input, setup_mlflow
+from simrec.tracking import log_table_input, setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "style"
-STEP_TAG = "simrec.step"
+
 BUNDLE_TAG = "simrec.style.bundle"
 
 
@@ -57,7 +57,7 @@ def fit_style_bundle(
     featurizer = StyleFeaturizer(settings.style)
     if pixels is None:
         pixels = catalog.pixels(featurizer.image_size)
-    print(
+    log.info(
         f"style features of {len(catalog)} items ({featurizer.backbone.weights_source}, "
         f"{featurizer.image_size}px, layers {', '.join(settings.style.layers)})"
     )
@@ -110,11 +110,10 @@ def build_style(
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
-        with mlflow.start_run(run_name="style-build") as run:
-            mlflow.set_tag(STEP_TAG, "style_build")
+        with tracked_step("style_build", settings, run_name="style-build") as run:
             log_bundle(settings, bundle, catalog, folder)
             mlflow.log_metric("style_build_seconds", seconds)
             run_id = run.info.run_id
     counts = ", ".join(f"{c} {len(i)}" for c, i in bundle.indexes.indexes.items())
-    print(f"style indexes: {counts} ({seconds:.0f} s); bundle in {folder}")
+    log.info(f"style indexes: {counts} ({seconds:.0f} s); bundle in {folder}")
     return StyleBuildResult(run_id, folder, bundle, catalog, seconds)

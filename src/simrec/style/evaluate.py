@@ -4,6 +4,7 @@ random-ranking expectation and a colour-histogram baseline on the same queries a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from simrec.style.colour import colour_histograms
 from simrec.style.hit_ratio import PairHits, eligible_queries, pair_hits, parse_pair
 from simrec.style.runs import load_run_bundle
 from simrec.tracking import setup_mlflow
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "style_evaluation.json"
 
@@ -225,5 +228,5 @@ def evaluate_style_run(
     evaluation = evaluate_bundle(settings, lake, load_run_bundle(run_id), pairs)
     with mlflow.start_run(run_id=run_id):
         log_evaluation(evaluation, "style")
-    print(evaluation.table())
+    log.debug("%s", evaluation.table())
     return evaluation

@@ -20,7 +20,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-REGISTERED_MODEL = "simrec-style"
 ARTIFACT_KEY = "style_bundle"
 OUTPUT_COLUMNS = ["query", "category", "rank", "item_id", "name", "distance"]
 
@@ -91,9 +90,9 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
 
 def log_style_pyfunc(
     bundle_folder: Path,
-    registered_model_name: str | None = REGISTERED_MODEL,
-    default_k: int = 10,
-    max_k: int = 100,
+    registered_model_name: str | None,
+    default_k: int,
+    max_k: int,
     alias: str | None = None,
 ) -> str:
     """Log (and register, pointing `alias` at the new version) the bundle as a pyfunc model

@@ -30,7 +30,6 @@ from tensorflow_similarity.losses import MultiSimilarityLoss
 from simrec.config import Settings, StyleTrainSettings
 from simrec.lake.tables import Lakehouse
 from simrec.style.build import (
-    STEP_TAG,
     bundle_meta,
     log_bundle,
 )
@@ -55,7 +54,7 @@ from simrec.style.evaluate import (
 from simrec.style.features import StyleFeaturizer
 from simrec.style.hit_ratio import merge_hits, pair_hits
 from simrec.style.indexes import CategoryIndexes
-from simrec.tracking import setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ def crossfit_evaluation(
                     catalog, histograms, pair, query_ids, pool_ids, settings.style.hit_at
                 )
             )
-        print(f"cross-fit: fold {fold + 1}/{train.folds} done")
+        log.info(f"cross-fit: fold {fold + 1}/{train.folds} done")
     evaluation = StyleEvaluation(
         f"learned, cross-fitted over {train.folds} folds (every query held out)"
     )
@@ -349,7 +348,7 @@ def train_style(
     )
     held = holdout_mask(catalog.ids, train.folds, train.holdout_fold)
     rule = split_rule(train.folds, train.holdout_fold)
-    print(f"item split: {int((~held).sum())} training, {int(held.sum())} held out ({rule})")
+    log.info(f"item split: {int((~held).sum())} training, {int(held.sum())} held out ({rule})")
     originals = None
     if base is not None:
         if list(base.items["id"]) != list(catalog.ids):
@@ -404,12 +403,11 @@ def train_style(
     seconds = time.perf_counter() - started
     for evaluation in (learned_eval, gram_eval, crossfit):
         if evaluation is not None:
-            print(evaluation.table())
+            log.debug("%s", evaluation.table())
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
-        with mlflow.start_run(run_name="style-train") as run:
-            mlflow.set_tag(STEP_TAG, "style_train")
+        with tracked_step("style_train", settings, run_name="style-train") as run:
             mlflow.set_tag("simrec.style.split_rule", rule)
             mlflow.log_params(
                 {"style_split_rule": rule, "style_train_items": meta["split"]["train_items"]}

@@ -23,7 +23,7 @@ from hyperopt.fmin import generate_trial
 
 from simrec.config import Settings
 from simrec.lake.tables import Lakehouse, TableVersion
-from simrec.tracking import log_table_input, resolve_tracking_uri, setup_mlflow
+from simrec.tracking import resolve_tracking_uri, setup_mlflow, tracked_step
 from simrec.tuning.objective import FAILURE_TAG, MAX_TAG_CHARS, TrialContext, make_objective
 from simrec.tuning.space import point_to_assignment, search_space
 
@@ -83,11 +83,13 @@ def tune(
     best_params_path = Path(best_params_path or tuning.best_params_file)
 
     experiment_id = setup_mlflow(settings.mlflow)
-    with mlflow.start_run(run_name=run_name) as parent:
-        mlflow.set_tag("simrec.step", "tune")
-        mlflow.set_tag("simrec.tuning.backend", tuning.trials)
-        mlflow.log_params(settings.flat())
-        log_table_input(table, context="tuning")
+    with tracked_step(
+        "tune",
+        settings,
+        {"tuning": table},
+        run_name=run_name,
+        tags={"simrec.tuning.backend": tuning.trials},
+    ) as parent:
         context = TrialContext(
             settings=settings.model_dump(mode="json"),
             lake_root=str(lake.root),
