@@ -72,6 +72,7 @@ class ModelSettings(_Section):
     dense_units: int = 0
     embedding_dim: int = 128
     augment: bool = True
+    augment_shift: int = Field(ge=0)  # pixels each way; the train step mirrors and shifts
 
 
 class TrainSettings(_Section):
@@ -81,6 +82,9 @@ class TrainSettings(_Section):
     examples_per_class: int = 20
     learning_rate: float = 1e-3
     lr_decay: Literal["cosine", "none"] = "cosine"
+    warmup_fraction: float = Field(ge=0.0, lt=1.0)  # share of all steps warming up (cosine)
+    classifier_weight: float = Field(ge=0.0)  # auxiliary softmax loss weight; 0: MS loss alone
+    jit_compile: bool  # XLA for the train step
     distance: str = "cosine"
     loss_alpha: float = 2.0
     loss_beta: float = 40.0
