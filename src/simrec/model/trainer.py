@@ -46,8 +46,8 @@ class SimilarityTrainer(SimilarityModel):
                 logits = self.classifier(embeddings)
                 classifier_loss = self.classifier_loss(labels, logits)
                 loss = metric_loss + self.classifier_weight * classifier_loss
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        # minimize(), as Keras' own train step: a Horovod-wrapped optimizer averages there.
+        self.optimizer.minimize(loss, variables, tape=tape)
         logs = {"loss": loss, "metric_loss": metric_loss}
         if self.classifier is not None:
             logs["classifier_loss"] = classifier_loss
