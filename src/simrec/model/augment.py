@@ -14,7 +14,7 @@ def flip_and_shift(images: tf.Tensor, max_shift: int) -> tf.Tensor:
     """A batch (N, H, W, C) mirrored at random per image and shifted by -max_shift..max_shift
     pixels per axis per image; vectorised (two gathers), cheap next to the convolutions."""
     batch = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]  # static shape may be unknown
     flip = tf.random.uniform([batch, 1, 1, 1]) < 0.5
     images = tf.where(flip, tf.reverse(images, axis=[2]), images)
     if max_shift <= 0:
