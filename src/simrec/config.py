@@ -78,6 +78,7 @@ class ModelSettings(_Section):
     dense_units: int
     embedding_dim: int
     augment: bool
+    augment_shift: int = Field(ge=0)  # pixels each way; the train step mirrors and shifts
 
 
 class TrainSettings(_Section):
@@ -87,6 +88,9 @@ class TrainSettings(_Section):
     examples_per_class: int
     learning_rate: float
     lr_decay: Literal["cosine", "none"]
+    warmup_fraction: float = Field(ge=0.0, lt=1.0)  # share of all steps warming up (cosine)
+    classifier_weight: float = Field(ge=0.0)  # auxiliary softmax loss weight; 0: MS loss alone
+    jit_compile: bool  # XLA for the train step
     distance: str
     loss_alpha: float
     loss_beta: float

@@ -9,17 +9,6 @@ from simrec.config import ModelSettings
 layers = tf.keras.layers
 
 
-def augmentation(seed: int) -> tf.keras.Sequential:
-    """Training-only augmentation (identity at inference): mirror and shift by up to 10%."""
-    return tf.keras.Sequential(
-        [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
-        ],
-        name="augment",
-    )
-
-
 def conv_stack(inputs: tf.Tensor, settings: ModelSettings) -> tf.Tensor:
     """Conv blocks (conv[-bn]-relu × convs_per_block, max-pool, dropout), flatten, optional dense.
 

@@ -12,21 +12,24 @@ from tensorflow_similarity.layers import MetricEmbedding
 from tensorflow_similarity.models import SimilarityModel
 
 from simrec.config import ModelSettings
-from simrec.model.backbone import augmentation, conv_stack
+from simrec.model.backbone import conv_stack
 
 EMBEDDING_LAYER = "metric_embedding"
 
 
-def build_similarity_model(settings: ModelSettings, seed: int = 0) -> SimilarityModel:
+def build_similarity_model(
+    settings: ModelSettings, seed: int = 0, model_class: type[SimilarityModel] = SimilarityModel
+) -> SimilarityModel:
+    """The inference graph (no augmentation: training applies it to the batch, see
+    `simrec.model.trainer`). `seed` fixes the initial weights."""
+    tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.layers.Input(
         shape=(settings.image_size, settings.image_size, settings.channels), name="pixels"
     )
     features = tf.keras.layers.Rescaling(1.0 / 255, name="scale_pixels")(inputs)
-    if settings.augment:
-        features = augmentation(seed)(features)
     features = conv_stack(features, settings)
     outputs = MetricEmbedding(settings.embedding_dim, name=EMBEDDING_LAYER)(features)
-    return SimilarityModel(inputs, outputs, name="simrec_similarity")
+    return model_class(inputs, outputs, name="simrec_similarity")
 
 
 def embedding_model(model: tf.keras.Model) -> tf.keras.Model:

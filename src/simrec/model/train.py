@@ -10,14 +10,15 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 from tensorflow_similarity.losses import MultiSimilarityLoss
-from tensorflow_similarity.samplers import MultiShotMemorySampler
 
 from simrec.config import Settings
 from simrec.evaluation.retrieval import retrieval_report
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages, read_split, validation_mask
 from simrec.model.embedding import build_similarity_model, embed, embedding_model
+from simrec.model.feeding import class_balanced_batches
 from simrec.model.progress import keras_verbosity
+from simrec.model.trainer import SimilarityTrainer
 from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,37 @@ class MlflowEpochLogger(tf.keras.callbacks.Callback):
 
 def _optimizer(settings: Settings, total_steps: int) -> tf.keras.optimizers.Optimizer:
     rate: float | tf.keras.optimizers.schedules.LearningRateSchedule = settings.train.learning_rate
+    warmup_steps = int(settings.train.warmup_fraction * total_steps)
     if settings.train.lr_decay == "cosine":
-        rate = tf.keras.optimizers.schedules.CosineDecay(settings.train.learning_rate, total_steps)
+        # Linear warm-up from 0 to learning_rate, then cosine decay to 0 over the rest.
+        rate = tf.keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else settings.train.learning_rate,
+            max(1, total_steps - warmup_steps),
+            warmup_target=settings.train.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     return tf.keras.optimizers.Adam(rate)
 
 
-def compile_model(settings: Settings, total_steps: int, optimizer_wrapper=None) -> tf.keras.Model:
-    """Build and compile the similarity model; `optimizer_wrapper` lets Horovod wrap it."""
-    model = build_similarity_model(settings.model, seed=settings.train.seed)
+def compile_model(
+    settings: Settings,
+    total_steps: int,
+    optimizer_wrapper=None,
+    classes: int | None = None,
+) -> SimilarityTrainer:
+    """Build and compile the similarity model; `optimizer_wrapper` lets Horovod wrap it.
+
+    `classes`: size of the auxiliary classifier's output (labels must lie in 0..classes-1);
+    by default the number of Fashion-MNIST label names.
+    """
+    model = build_similarity_model(
+        settings.model, seed=settings.train.seed, model_class=SimilarityTrainer
+    )
+    model.configure_training(
+        max_shift=settings.model.augment_shift if settings.model.augment else None,
+        classifier_weight=settings.train.classifier_weight,
+        classes=classes or len(settings.fashion_mnist.label_names),
+    )
     optimizer = _optimizer(settings, total_steps)
     if optimizer_wrapper is not None:
         optimizer = optimizer_wrapper(optimizer)
@@ -133,20 +157,20 @@ def compile_model(settings: Settings, total_steps: int, optimizer_wrapper=None) 
         epsilon=settings.train.loss_epsilon,
         lmda=settings.train.loss_lmda,
     )
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=settings.train.jit_compile)
     return model
 
 
-def make_sampler(
+def training_batches(
     rows: LabelledImages, settings: Settings, steps_per_epoch: int
-) -> MultiShotMemorySampler:
-    classes = len(np.unique(rows.labels))
-    return MultiShotMemorySampler(
-        rows.pixels,
-        rows.labels,
-        classes_per_batch=min(settings.train.classes_per_batch, classes),
-        examples_per_class_per_batch=settings.train.examples_per_class,
-        steps_per_epoch=steps_per_epoch,
+) -> tf.data.Dataset:
+    """Every epoch's class-balanced batches (epochs × steps_per_epoch in all)."""
+    return class_balanced_batches(
+        rows,
+        settings.train.classes_per_batch,
+        settings.train.examples_per_class,
+        steps=settings.train.epochs * steps_per_epoch,
+        seed=settings.train.seed,
     )
 
 
@@ -188,14 +212,19 @@ def fit_and_validate(
         settings.train.epochs,
         steps,
     )
-    model = compile_model(settings, total_steps=settings.train.epochs * steps)
+    model = compile_model(
+        settings,
+        total_steps=settings.train.epochs * steps,
+        classes=max(int(train_rows.labels.max()) + 1, len(settings.fashion_mnist.label_names)),
+    )
     validation = ValidationRecall(validation_rows, settings.train.validation_queries)
     callbacks: list[tf.keras.callbacks.Callback] = [*(extra_callbacks or []), MlflowEpochLogger()]
     if len(validation_rows) > 1:
         callbacks.insert(0, validation)
     history = model.fit(
-        make_sampler(train_rows, settings, steps),
+        training_batches(train_rows, settings, steps),
         epochs=settings.train.epochs,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=keras_verbosity() if verbose is None else verbose,
     )

@@ -29,7 +29,7 @@ from scipy import sparse
 from simrec.config import Settings, StyleSettings
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse
-from simrec.style.build import BUNDLE_TAG, STEP_TAG, log_bundle
+from simrec.style.build import BUNDLE_TAG, log_bundle
 from simrec.style.bundle import StyleBundle, StyleEncoder
 from simrec.style.catalog import StyleCatalog, item_folds, read_style_catalog, split_rule
 from simrec.style.featurizers import Block, CombinedFeaturizer, combine, make_block
@@ -47,7 +47,7 @@ from simrec.style.protocol import (
     validation_splits,
     weight_options,
 )
-from simrec.tracking import setup_mlflow
+from simrec.tracking import setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ def select_style(
     names = sorted({name for candidate in style.select.candidates for name in candidate} | {COLOUR})
     rows = gather_rows(settings, lake, catalog, names)
     pairs = catalog_pairs(rows.categories, rows.together, style.min_queries)
-    print(f"{len(pairs)} category pairs with ≥ {style.min_queries} eligible queries")
+    log.info("%d category pairs with ≥ %d eligible queries", len(pairs), style.min_queries)
     protocol = run_protocol(rows, style, pairs)
     heldout = heldout_report(protocol, style)
     validation = validation_report(protocol)
@@ -489,14 +489,15 @@ def select_style(
     }
     folder = bundle.save(Path(output_dir or tempfile.mkdtemp(prefix="simrec-style-select-")))
     seconds = time.perf_counter() - started
-    print(f"chosen: {protocol.winner.name} (weights {list(protocol.winner.weights)})")
-    print("held out (nested cross-fit), the procedure vs colour:")
-    print(table(heldout["selected"], style.hit_at))
+    log.info("chosen: %s (weights %s)", protocol.winner.name, list(protocol.winner.weights))
+    log.info(
+        "held out (nested cross-fit), the procedure vs colour:\n%s",
+        table(heldout["selected"], style.hit_at),
+    )
     run_id = None
     if track:
         setup_mlflow(settings.mlflow)
-        with mlflow.start_run(run_name="style-select") as run:
-            mlflow.set_tag(STEP_TAG, "style_select")
+        with tracked_step("style_select", settings, run_name="style-select") as run:
             log_bundle(settings, bundle, catalog, folder)
             mlflow.set_tag(BUNDLE_TAG, KIND)
             mlflow.log_params(
