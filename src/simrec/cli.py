@@ -457,7 +457,7 @@ def style_register(
         _fail(error)
     with mlflow.start_run(run_id=run_id):
         uri = log_style_pyfunc(
-            bundle_folder(run_id), name, settings.style.n, settings.style.max_n, alias
+            bundle_folder(run_id), name, alias=alias, settings=settings
         )
     typer.echo(f"registered {name} from run {run_id}: {uri}")
 

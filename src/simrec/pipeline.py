@@ -38,7 +38,7 @@ def build_and_register_style(settings: Settings, lake: Lakehouse) -> str:
     built = build_style(settings, lake)
     with mlflow.start_run(run_id=built.run_id):
         return log_style_pyfunc(
-            built.folder, STYLE_MODEL, settings.style.n, settings.style.max_n, STYLE_ALIAS
+            built.folder, STYLE_MODEL, alias=STYLE_ALIAS, settings=settings
         )
 
 

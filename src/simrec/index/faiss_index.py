@@ -113,8 +113,43 @@ class EmbeddingIndex:
         """Ids of the items currently searchable (removed ones excluded), in key order."""
         return [item_id for item_id, _ in sorted(self._key_of.items(), key=lambda pair: pair[1])]
 
-    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ids (object array, None where fewer than k items) and distances, both (n, k)."""
+    def key_of(self, item_id: str) -> int | None:
+        """The faiss key of a searchable item, None when the index does not hold it."""
+        return self._key_of.get(str(item_id))
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """The stored vectors of items by key, (len(keys), dim) float32."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(keys) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.settings.kind == "ivf":  # IVF lists need a key → position map to reconstruct
+            base = faiss.extract_index_ivf(self._index.index)
+            if base.direct_map.type == faiss.DirectMap.NoMap:
+                base.make_direct_map()
+        return np.vstack([self._index.reconstruct(int(key)) for key in keys]).astype(np.float32)
+
+    def _search_parameters(self, among: np.ndarray) -> faiss.SearchParameters:
+        """faiss parameters restricting a search to the keys `among`, keeping the kind's own
+        search settings (faiss refuses generic parameters for HNSW and IVF)."""
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+        if self.settings.kind == "hnsw":
+            base = faiss.downcast_index(self._index.index)
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)
+        elif self.settings.kind == "ivf":
+            base = faiss.extract_index_ivf(self._index.index)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=base.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        params.simrec_selector = selector  # faiss holds a raw pointer: keep the selector alive
+        return params
+
+    def search(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids (object array, None where fewer than k items) and distances, both (n, k).
+
+        `among` (keys) restricts the search to those items, inside faiss (an IDSelector), so
+        an exact index returns k of them whenever it holds k."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {embeddings.shape}")
@@ -122,7 +157,10 @@ class EmbeddingIndex:
             raise ValueError(f"k must be positive, got {k}")
         if len(self) == 0:
             raise ValueError("the index is empty")
-        scores, keys = self._index.search(embeddings, k)
+        if among is None:
+            scores, keys = self._index.search(embeddings, k)
+        else:
+            scores, keys = self._index.search(embeddings, k, params=self._search_parameters(among))
         if self.settings.metric == "ip":
             distances = 1.0 - scores
         else:
