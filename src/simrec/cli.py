@@ -600,6 +600,7 @@ def serve(
         host or serving.host,
         port or serving.port,
         serving.max_body_bytes,
+        serving=serving,
     )
 
 

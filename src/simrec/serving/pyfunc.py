@@ -143,6 +143,15 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
             }
             self._thumbnails = np.asarray([encoded[item_id] for item_id in item_ids], dtype=object)
 
+    @property
+    def probe_item_id(self) -> str:
+        """A catalog item the server's readiness self-query asks about."""
+        return self._item_ids[0]
+
+    @property
+    def index_size(self) -> int:
+        return len(self.index)
+
     # -- predicting -------------------------------------------------------------------------
     def predict(
         self,

@@ -53,6 +53,15 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
         self._category_of = dict(zip(items["id"].astype(str), items["category"], strict=True))
         self._names = dict(zip(items["id"].astype(str), items["name"], strict=True))
 
+    @property
+    def probe_item_id(self) -> str:
+        """A catalog item the server's readiness self-query asks about."""
+        return next(iter(self._category_of))
+
+    @property
+    def index_size(self) -> int:
+        return len(self.bundle.indexes)
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.answer([self.parse(model_input, params)])[0]
 
