@@ -271,7 +271,7 @@ def bad_requests(images: dict[str, bytes]) -> dict[str, tuple[object, int, str]]
         "truncated image": (split([[b64(stored[: len(stored) // 2]), 3]]), 400, "truncated"),
         "decompression bomb": (split([[b64(png_bomb()), 3]]), 400, "pixels"),
         "image not a string": (split([[12345, 3]]), 400, "expected a base64 string"),
-        "image null": (split([[None, 3]]), 400, "expected a base64 string"),
+        "image null": (split([[None, 3]]), 400, "exactly one of 'image' or 'item_id'"),
         "empty frame": (split([]), 400, "no queries"),
         "empty records": ({"dataframe_records": []}, 400, "image"),
         "missing column": (split([[3]], ("k",)), 400, "expected a column 'image'"),

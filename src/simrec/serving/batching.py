@@ -14,11 +14,13 @@ gave up, is dropped before it reaches the model.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +28,17 @@ from typing import Any, Protocol
 import pandas as pd
 
 log = logging.getLogger(__name__)
+
+
+_RUNNING: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop worker threads before the interpreter finalises (a daemon thread killed inside
+    TensorFlow aborts the process)."""
+    for batcher in list(_RUNNING):
+        batcher.close()
 
 
 class QueueFullError(Exception):
@@ -90,6 +103,7 @@ class MicroBatcher:
         self._stopped = threading.Event()
         self._worker = threading.Thread(target=self._run, name="simrec-batcher", daemon=True)
         self._worker.start()
+        _RUNNING.add(self)
 
     @property
     def depth(self) -> int:

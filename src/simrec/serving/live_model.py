@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,16 @@ _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 # A self-check older than this many intervals no longer counts (the checker is stuck).
 STALE_INTERVALS = 3
+
+
+_RUNNING: weakref.WeakSet[LiveModel] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop checker threads before the interpreter finalises (see batching._stop_all)."""
+    for live in list(_RUNNING):
+        live.stop()
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,7 @@ class LiveModel:
         self._check_lock = threading.Lock()
 
     def start(self) -> None:
+        _RUNNING.add(self)
         self.check()
         self._spawn(self._health_loop, "simrec-health")
         if self.reload_seconds > 0 and _ALIAS_URI.match(self.current.source_uri):
