@@ -456,9 +456,7 @@ def style_register(
     except LookupError as error:
         _fail(error)
     with mlflow.start_run(run_id=run_id):
-        uri = log_style_pyfunc(
-            bundle_folder(run_id), name, alias=alias, settings=settings
-        )
+        uri = log_style_pyfunc(bundle_folder(run_id), name, alias=alias, settings=settings)
     typer.echo(f"registered {name} from run {run_id}: {uri}")
 
 

@@ -37,9 +37,7 @@ def build_and_register_style(settings: Settings, lake: Lakehouse) -> str:
     """Gram-style indexes over the catalog, registered as the `simrec-style` pyfunc."""
     built = build_style(settings, lake)
     with mlflow.start_run(run_id=built.run_id):
-        return log_style_pyfunc(
-            built.folder, STYLE_MODEL, alias=STYLE_ALIAS, settings=settings
-        )
+        return log_style_pyfunc(built.folder, STYLE_MODEL, alias=STYLE_ALIAS, settings=settings)
 
 
 def run_pipeline(settings: Settings, with_catalog: bool = True) -> PipelineResult:
