@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import secrets
 import threading
 import time
@@ -472,3 +473,105 @@ def test_alias_move_is_followed_without_a_failed_request(fashion) -> None:
     assert versions[0] == str(result.version) and versions[-1] == str(new.version)
     assert after["version"] == str(new.version)
     client.set_registered_model_alias(result.registered_name, "champion", result.version)
+
+
+# -- the style model: the same contract -------------------------------------------------------
+@pytest.fixture(scope="module")
+def style(tmp_path_factory, make_settings):
+    """`simrec-style` built on a slice of the real IKEA catalog (chairs, tables, sofas)."""
+    from test_style_end_to_end import IKEA_DIR, SLICE, _ikea_slice
+
+    from simrec.lake.catalog import ingest_catalog
+    from simrec.lake.tables import Lakehouse
+    from simrec.style.build import build_style
+    from simrec.style.pyfunc import log_style_pyfunc
+    from simrec.tracking import setup_mlflow
+
+    if not (IKEA_DIR / "images").is_dir():
+        pytest.skip(f"IKEA dataset not found at {IKEA_DIR}")
+    root = tmp_path_factory.mktemp("style_shop")
+    settings = make_settings(root, **SLICE)
+    lake = Lakehouse(settings.lake.root)
+    ingest_catalog(lake, settings.catalog, settings.lake, source_dir=_ikea_slice(root / "ikea"))
+    built = build_style(settings, lake)
+    setup_mlflow(settings.mlflow)
+    with mlflow.start_run(run_id=built.run_id):
+        uri = log_style_pyfunc(built.folder, alias="champion", settings=settings)
+    return mlflow.pyfunc.load_model(uri)
+
+
+@pytest.mark.slow
+def test_both_models_share_one_contract_and_its_messages(served, fashion, style) -> None:
+    fashion_url, token = served
+    fashion_item = fashion.items["id"].iloc[0]
+    style_item = str(style.unwrap_python_model().bundle.items["id"].iloc[0])
+    good = b64(_catalog_image(fashion))
+    cases = [
+        (split([["not base64!", 2]]), "image 0: not valid base64"),
+        (split([[b64(b"no pixels here"), 2]]), "image 0: not a readable image"),
+        (split([[good, 0]]), "k in row 0 must be from 1 to 100, got 0"),
+        (split([[good, 1]] * 65), "65 queries in one request; the limit is 64"),
+        (records([{"item_id": "nope"}]), "row 0: unknown item_id 'nope'"),
+        (records([{"k": 2}]), "expected a column 'image'"),
+        (records([{"image": good, "item_id": "x"}]), "exactly one of 'image' or 'item_id'"),
+        (records([{"image": good}], {"labels": ["x"]}), "cannot filter by labels"),
+    ]
+    with running(create_app(style, token, MAX_BODY_BYTES)) as style_url:
+        for body, fragment in cases:
+            for url in (fashion_url, style_url):
+                response = invoke(url, token, body)
+                assert response.status_code == 400, (url, fragment, response.text)
+                message = response.json()["message"]
+                if "labels" in fragment and url == fashion_url:  # fashion has labels
+                    assert "unknown labels ['x']" in message
+                else:
+                    assert fragment in message, (url, message)
+        # Answers: by item (itself excluded, other categories by default), filters.
+        item_answer = predictions(invoke(style_url, token, records([{"item_id": style_item}])))
+        own = style.unwrap_python_model()._category_of[style_item]
+        assert style_item not in item_answer["item_id"].tolist()
+        assert own not in set(item_answer["category"])
+        chosen = sorted(set(item_answer["category"]))[0]
+        first = item_answer.loc[item_answer["category"] == chosen, "item_id"].iloc[0]
+        body = records(
+            [{"item_id": style_item, "k": 3}], {"categories": [chosen], "exclude_ids": [first]}
+        )
+        filtered = predictions(invoke(style_url, token, body))
+        assert set(filtered["category"]) == {chosen} and len(filtered) == 3
+        assert first not in filtered["item_id"].tolist()
+    assert fashion_item
+
+
+@pytest.mark.slow
+def test_style_model_embeds_a_request_as_one_batch_without_progress_bars(style, capfd) -> None:
+    model = style.unwrap_python_model()
+    encoder = model.bundle.encoder
+    calls = []
+    original = encoder.encode
+
+    def counting(pixels):
+        calls.append(len(pixels))
+        return original(pixels)
+
+    encoder.encode = counting
+    try:
+        payloads = model.bundle.items["id"].astype(str).tolist()[:3]
+        frame = pd.DataFrame({"item_id": payloads[:1], "k": [1]})
+        colours = [_png_of(colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+        images = pd.DataFrame({"image": [b64(p) for p in colours], "k": [2, 2, 2]})
+        capfd.readouterr()
+        style.predict(images)
+        style.predict(frame)
+        captured = capfd.readouterr()
+    finally:
+        encoder.encode = original
+    assert calls == [3]  # three images, one encoder call; the item query needs none
+    assert "style features" not in captured.err + captured.out
+
+
+def _png_of(rgb: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
