@@ -1,8 +1,9 @@
 """Server-side micro-batching: concurrent requests coalesced into one model call.
 
-Requests are validated one by one (`parse`, so a bad image fails only its own request), then
-queued; one worker thread takes the queue's head, waits up to `max_wait_s` for more requests
-while the batch holds fewer than `max_rows` rows, and answers them all with one `answer` call
+Requests are queued, then validated one by one on the worker thread (`prepare`, so a bad
+image fails only its own request); the worker takes the queue's head, waits up to
+`max_wait_s` for more requests while the batch holds fewer than `max_rows` rows (requests
+that arrive while the model is busy queue up meanwhile), and answers them all with one `answer` call
 (one embedding batch, one search per filter). Should that call fail, each request of the
 batch is answered on its own, so an error stays with the request that caused it.
 
@@ -56,11 +57,13 @@ class BatchModel(Protocol):
 @dataclass(eq=False)
 class _Entry:
     model: BatchModel
-    request: Any  # a ParsedRequest
+    request: Any  # what `prepare` turns into the model's request (else the request itself)
     rows: int
     deadline: float
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    prepare: Callable[[Any], Any] | None = None
+    finish: Callable[[pd.DataFrame], Any] | None = None
     queued_at: float = field(default_factory=time.monotonic)
 
     def settle(self, result: pd.DataFrame | None, error: BaseException | None) -> None:
@@ -114,11 +117,23 @@ class MicroBatcher:
     def full(self) -> bool:
         return self._queue.full()
 
-    async def submit(self, model: BatchModel, request: Any, rows: int, timeout_s: float):
-        """The answer of `model` to `request` (a DataFrame), batched with concurrent ones."""
+    async def submit(
+        self,
+        model: BatchModel,
+        request: Any,
+        rows: int,
+        timeout_s: float,
+        prepare: Callable[[Any], Any] | None = None,
+        finish: Callable[[pd.DataFrame], Any] | None = None,
+    ):
+        """The answer of `model` to `request`, batched with concurrent ones.
+
+        `prepare` (request → the model's request; its `queries` give the rows) and `finish`
+        (answer → what the caller gets) run on the worker thread, so a request costs one
+        hand-over between threads; an error in either fails only that request."""
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
-        entry = _Entry(model, request, rows, deadline, loop.create_future(), loop)
+        entry = _Entry(model, request, rows, deadline, loop.create_future(), loop, prepare, finish)
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
@@ -187,11 +202,47 @@ class MicroBatcher:
             if batch:
                 self._answer(batch)
 
+    def _prepared(self, entry: _Entry) -> bool:
+        if entry.prepare is None:
+            return True
+        try:
+            entry.request = entry.prepare(entry.request)
+        except Exception as error:
+            entry.settle(None, error)
+            return False
+        entry.prepare = None
+        entry.rows = len(getattr(entry.request, "queries", ())) or entry.rows
+        return True
+
+    def _chunks(self, entries: list[_Entry]) -> list[list[_Entry]]:
+        """Consecutive groups of at most `max_rows` rows (a bigger request stays whole)."""
+        chunks: list[list[_Entry]] = [[]]
+        rows = 0
+        for entry in entries:
+            if chunks[-1] and rows + entry.rows > self.max_rows:
+                chunks.append([])
+                rows = 0
+            chunks[-1].append(entry)
+            rows += entry.rows
+        return chunks
+
+    def _settle(self, entry: _Entry, answer: pd.DataFrame) -> None:
+        if entry.finish is None:
+            entry.settle(answer, None)
+            return
+        try:
+            entry.settle(entry.finish(answer), None)
+        except Exception as error:
+            log.exception("could not encode an answer")
+            entry.settle(None, error)
+
     def _answer(self, batch: list[_Entry]) -> None:
         by_model: dict[int, list[_Entry]] = {}
         for entry in batch:  # after a registry switch old and new versions may share a batch
-            by_model.setdefault(id(entry.model), []).append(entry)
-        for entries in by_model.values():
+            if self._prepared(entry):
+                by_model.setdefault(id(entry.model), []).append(entry)
+        chunks = [chunk for group in by_model.values() for chunk in self._chunks(group)]
+        for entries in chunks:
             started = time.monotonic()
             model = entries[0].model
             try:
@@ -204,7 +255,7 @@ class MicroBatcher:
                 continue
             self._report(entries, started, failed=False)
             for entry, answer in zip(entries, answers, strict=True):
-                entry.settle(answer, None)
+                self._settle(entry, answer)
 
     def _answer_alone(self, entry: _Entry) -> None:
         started = time.monotonic()
@@ -216,7 +267,7 @@ class MicroBatcher:
             entry.settle(None, error)
             return
         self._report([entry], started, failed=False)
-        entry.settle(answer, None)
+        self._settle(entry, answer)
 
     def _report(self, entries: list[_Entry], started: float, failed: bool) -> None:
         if self._on_batch is not None:

@@ -1,9 +1,9 @@
 """The server's own endpoints, in front of MLflow's scoring app (behind the guard):
 
-- `POST /invocations` for simrec's models: MLflow's JSON parsing and schema enforcement,
-  the request contract (`parse`, in a thread pool sized to the container's CPUs), then the
-  micro-batcher; 503 + Retry-After at once when its queue is full, 504 when the request
-  waited past `request_timeout_s`. Other models go to MLflow's app unchanged.
+- `POST /invocations` for simrec's models: queued for the micro-batcher, whose worker
+  parses each request (MLflow's JSON parsing, the request contract) and answers many at
+  once; 503 + Retry-After at once when its queue is full, 504 when the request waited past
+  `request_timeout_s`. Other models go to MLflow's app unchanged.
 - `/ping` liveness; `/health` readiness (the cached real self-query; 503 otherwise);
   `/version` the registered name, version, alias, lineage and request limits; `/metrics`
   Prometheus text.
@@ -58,17 +58,16 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 def parse_invocation(model: LoadedModel, body: bytes) -> Any:
-    """MLflow's own JSON parsing and schema enforcement, then simrec's request contract."""
-    from mlflow.pyfunc import _validate_prediction_input
+    """MLflow's own JSON parsing and params schema, then simrec's request contract (which
+    checks every column and value itself, so MLflow's slower frame schema enforcement is
+    not repeated)."""
+    from mlflow.models.utils import _enforce_params_schema
     from mlflow.pyfunc.scoring_server import _parse_json_data
 
     metadata = model.pyfunc.metadata
-    input_schema = metadata.get_input_schema()
-    parsed = _parse_json_data(body, metadata, input_schema)
-    data, params = _validate_prediction_input(
-        parsed.data, parsed.params, input_schema, metadata.get_params_schema()
-    )
-    return model.python_model.parse(data, params)
+    parsed = _parse_json_data(body, metadata, metadata.get_input_schema())
+    params = _enforce_params_schema(parsed.params, metadata.get_params_schema())
+    return model.python_model.parse(parsed.data, params)
 
 
 def predictions_json(frame: Any) -> bytes:
@@ -97,7 +96,7 @@ class ServingApp:
         self.request_timeout_s = request_timeout_s
         self.retry_after_s = retry_after_s
         self.threads = threads
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._sized = False
 
     def close(self) -> None:
         self.live.stop()
@@ -107,6 +106,9 @@ class ServingApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if not self._sized:  # the event loop's thread pool (the guard's JSON checks)
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+            self._sized = True
         model = self.live.current  # one model per request, whatever switches meanwhile
         path = scope["path"]
         counted = {"status": 500}
@@ -178,20 +180,17 @@ class ServingApp:
         if self.batcher.full:
             await self._overloaded(send)
             return
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.threads)
-        try:
-            request = await anyio.to_thread.run_sync(
-                parse_invocation, model, body, limiter=self._limiter
-            )
-        except MlflowException as error:
-            await send_json(send, 400, error_body(400, error.message))
-            return
-        rows = len(request.queries)
-        self.metrics.request_rows.observe(rows)
+
+        def prepare(raw: bytes) -> Any:
+            request = parse_invocation(model, raw)
+            self.metrics.request_rows.observe(len(request.queries))
+            return request
+
         remaining = self.request_timeout_s - (time.monotonic() - arrived)
         try:
-            frame = await self.batcher.submit(model.python_model, request, rows, remaining)
+            answer = await self.batcher.submit(
+                model.python_model, body, 1, remaining, prepare=prepare, finish=predictions_json
+            )
         except QueueFullError:
             await self._overloaded(send)
             return
@@ -205,8 +204,7 @@ class ServingApp:
         except Exception:
             await send_json(send, 500, error_body(500, "internal error; see the server log"))
             return
-        body = await anyio.to_thread.run_sync(predictions_json, frame, limiter=self._limiter)
-        await send_json(send, 200, body)
+        await send_json(send, 200, answer)
 
     async def _overloaded(self, send: Send) -> None:
         self.metrics.rejected.labels("queue_full").inc()
