@@ -113,6 +113,14 @@ class EmbeddingIndex:
         """Ids of the items currently searchable (removed ones excluded), in key order."""
         return [item_id for item_id, _ in sorted(self._key_of.items(), key=lambda pair: pair[1])]
 
+    def _lookup(self) -> np.ndarray:
+        """key → item id (None past the end), built once per id list: rebuilding it per
+        search cost more than the search itself on a large catalog."""
+        cached = getattr(self, "_lookup_ids", None)
+        if cached is None or len(cached) != len(self.item_ids) + 1:
+            cached = self._lookup_ids = np.asarray(self.item_ids + [None], dtype=object)
+        return cached
+
     def key_of(self, item_id: str) -> int | None:
         """The faiss key of a searchable item, None when the index does not hold it."""
         return self._key_of.get(str(item_id))
@@ -165,7 +173,7 @@ class EmbeddingIndex:
             distances = 1.0 - scores
         else:
             distances = np.sqrt(np.maximum(scores, 0.0))
-        lookup = np.asarray(self.item_ids + [None], dtype=object)
+        lookup = self._lookup()
         ids = lookup[np.where(keys < 0, len(self.item_ids), keys)]
         distances = np.where(keys < 0, np.inf, distances).astype(np.float32)
         return ids, distances
