@@ -97,21 +97,28 @@ class MicroBatcher:
         max_wait_s: float,
         max_requests: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        workers: int = 1,
     ):
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[_Entry | None] = queue.Queue(maxsize=max_requests)
         self._on_batch = on_batch
-        self._held: _Entry | None = None  # the entry that did not fit the previous batch
+        self._local = threading.local()  # per worker: the entry that did not fit its batch
         self._stopped = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="simrec-batcher", daemon=True)
-        self._worker.start()
+        # Several workers (one per CPU) parse and encode in parallel, each batching what it
+        # takes from the one queue.
+        self._workers = [
+            threading.Thread(target=self._run, name=f"simrec-batcher-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
         _RUNNING.add(self)
 
     @property
     def depth(self) -> int:
         """Requests waiting for the model."""
-        return self._queue.qsize() + (self._held is not None)
+        return self._queue.qsize()
 
     @property
     def full(self) -> bool:
@@ -149,15 +156,18 @@ class MicroBatcher:
 
     def close(self) -> None:
         self._stopped.set()
-        with contextlib.suppress(queue.Full):  # a full queue wakes the worker anyway
-            self._queue.put_nowait(None)
-        self._worker.join(timeout=5)
+        for _ in self._workers:
+            with contextlib.suppress(queue.Full):  # a full queue wakes the workers anyway
+                self._queue.put_nowait(None)
+        for worker in self._workers:
+            worker.join(timeout=5)
 
     # -- the worker ---------------------------------------------------------------------------
     def _next(self, timeout: float | None) -> _Entry | None:
-        if self._held is not None:
-            entry, self._held = self._held, None
-            return entry
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            return held
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -190,7 +200,7 @@ class MicroBatcher:
             if not self._live(entry):
                 continue
             if rows + entry.rows > self.max_rows:
-                self._held = entry
+                self._local.held = entry
                 break
             batch.append(entry)
             rows += entry.rows

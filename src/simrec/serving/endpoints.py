@@ -247,6 +247,7 @@ def build_serving_app(
         serving.batch_max_wait_ms / 1000,
         serving.queue_max_requests,
         on_batch=metrics.record_batch,
+        workers=available_cpus(),
     )
     live.start()
     return ServingApp(
