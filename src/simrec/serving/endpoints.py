@@ -20,6 +20,8 @@ from io import StringIO
 from typing import Any
 
 import anyio
+import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 
@@ -67,7 +69,10 @@ def parse_invocation(model: LoadedModel, body: bytes) -> Any:
     metadata = model.pyfunc.metadata
     parsed = _parse_json_data(body, metadata, metadata.get_input_schema())
     params = _enforce_params_schema(parsed.params, metadata.get_params_schema())
-    return model.python_model.parse(parsed.data, params)
+    data = parsed.data
+    if isinstance(data, dict):  # the `inputs` format: column name → values
+        data = pd.DataFrame({name: list(np.ravel(values)) for name, values in data.items()})
+    return model.python_model.parse(data, params)
 
 
 def predictions_json(frame: Any) -> bytes:
