@@ -13,8 +13,12 @@ setup-dev:        ## + test tools and Debian chromium (the app's browser test)
 
 SERVE ?= 1
 
+# The IKEA catalog: a local copy when there is one, else simrec downloads and verifies it.
+LOCAL_IKEA ?= ../shared/data/ikea
+IKEA_SOURCE := $(if $(wildcard $(LOCAL_IKEA)/images),--set catalog.source_dir=$(LOCAL_IKEA))
+
 demo: setup       ## the main job end to end on the embedded defaults, then serve model + app
-	$(BIN)/simrec pipeline
+	$(BIN)/simrec pipeline $(IKEA_SOURCE)
 	if [ "$(SERVE)" = 1 ]; then bash scripts/serve_demo.sh; fi
 
 test: setup-dev   ## lint, then every test, slow ones included (what CI runs)

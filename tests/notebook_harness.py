@@ -31,6 +31,7 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_cell
 
 REPO = Path(__file__).resolve().parents[1]
+IKEA_DIR = REPO.parent / "shared" / "data" / "ikea"
 NOTEBOOKS = REPO / "notebooks"
 DEFAULT_CONFIG = REPO / "conf" / "simrec.yaml"
 SMALL_OVERLAY = REPO / "conf" / "small.yaml"
@@ -120,7 +121,7 @@ def write_workspace_config(workspace: Path) -> list[Path]:
             "artifact_root": str(workspace / "mlruns"),
         },
         "fashion_mnist": {"download_dir": str(workspace / "downloads")},
-        "catalog": {"source_dir": _resolve(defaults["catalog"]["source_dir"])},
+        "catalog": {"source_dir": str(IKEA_DIR)},  # the local copy, never a download
     }
     source_dir = defaults["fashion_mnist"].get("source_dir")
     if source_dir:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from simrec.config import CatalogSettings, LakeSettings
+from simrec.config import load_settings
 from simrec.images import InvalidImageError
 from simrec.lake.catalog import PICKLES, CatalogSourceError, ingest_catalog
 from simrec.lake.tables import Lakehouse
@@ -20,6 +20,7 @@ from simrec.lake.tables import Lakehouse
 IKEA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ikea"
 
 TABLES = ("items", "rooms", "item_rooms")
+DEFAULTS = load_settings()
 
 # Real product ids chosen for the quirks they show (see the dataset README).
 TABLE_KEY_IN_TWO = "590.483.97"  # key images/table/..., file in `chair` and `dining table`
@@ -77,20 +78,20 @@ def subset(ikea_dir: Path, tmp_path: Path) -> Path:
 
 
 def _ingest(lake: Lakehouse, source: Path, **kwargs: object) -> dict:
-    return ingest_catalog(lake, CatalogSettings(), LakeSettings(), source_dir=source, **kwargs)
+    return ingest_catalog(lake, DEFAULTS.catalog, DEFAULTS.lake, source_dir=source, **kwargs)
 
 
 def _rows(lake: Lakehouse, table: str, columns: list[str] | None = None) -> list[dict]:
     names = {
-        "items": LakeSettings().items_table,
-        "rooms": LakeSettings().rooms_table,
-        "item_rooms": LakeSettings().item_rooms_table,
+        "items": DEFAULTS.lake.items_table,
+        "rooms": DEFAULTS.lake.rooms_table,
+        "item_rooms": DEFAULTS.lake.item_rooms_table,
     }
     return lake.read(names[table], columns=columns).to_pylist()
 
 
 def _versions(lake: Lakehouse) -> dict[str, int]:
-    settings = LakeSettings()
+    settings = DEFAULTS.lake
     names = (settings.items_table, settings.rooms_table, settings.item_rooms_table)
     return {table: lake.version(name) for table, name in zip(TABLES, names, strict=True)}
 
@@ -238,9 +239,9 @@ def test_appending_a_new_image_adds_exactly_one_item(subset: Path, tmp_path: Pat
 def test_oversized_image_is_rejected_by_name(subset: Path, tmp_path: Path) -> None:
     lake = Lakehouse(tmp_path / "lake")
     size = (subset / "images" / "couch" / f"{SOFA_KEY}.jpg").stat().st_size
-    settings = CatalogSettings(max_image_bytes=size - 1)
+    settings = DEFAULTS.catalog.model_copy(update={"max_image_bytes": size - 1})
     with pytest.raises(InvalidImageError, match=rf"{SOFA_KEY}\.jpg: {size} bytes exceeds"):
-        ingest_catalog(lake, settings, LakeSettings(), source_dir=subset)
+        ingest_catalog(lake, settings, DEFAULTS.lake, source_dir=subset)
     assert not any(lake.exists(name) for name in ("catalog_items", "catalog_rooms"))
 
 
@@ -256,7 +257,7 @@ def test_missing_pickle_names_the_path(subset: Path, tmp_path: Path, pickle_name
     lake = Lakehouse(tmp_path / "lake")
     with pytest.raises(FileNotFoundError, match=pickle_name.replace(".", r"\.")):
         _ingest(lake, subset)
-    assert not lake.exists(LakeSettings().items_table)
+    assert not lake.exists(DEFAULTS.lake.items_table)
 
 
 @pytest.mark.slow

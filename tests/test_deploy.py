@@ -277,10 +277,25 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+def _effective_command(image: Image, container: dict) -> list[str]:
+    """What the container runs: the image's ENTRYPOINT, then the container's args or CMD."""
+    entrypoint = image.last("ENTRYPOINT")
+    command = exec_form(entrypoint) if entrypoint else []
+    if "args" in container:
+        return command + [str(arg) for arg in container["args"]]
+    return image.command
+
+
+def _port_of(command: list[str], image: Image) -> int:
+    if "--port" in command:
+        return int(command[command.index("--port") + 1])
+    return image.listening_port
+
+
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_ports_agree_from_process_to_load_balancer(stages, resources, target: str) -> None:
+def test_ports_agree_from_process_to_service(stages, resources, target: str) -> None:
     """The process listens where the image EXPOSEs, the container declares, the probes and the
-    HEALTHCHECK look, and the LoadBalancer Service sends its traffic (targetPort)."""
+    HEALTHCHECK look, and the cluster-internal Service sends its traffic (targetPort)."""
     image = Image(stages, target)
     port = image.listening_port
     deployments = [
@@ -289,6 +304,7 @@ def test_ports_agree_from_process_to_load_balancer(stages, resources, target: st
     assert len(deployments) == 1, f"one Deployment runs image simrec-{target}"
     deployment = deployments[0]
     container = _container(deployment)
+    assert _port_of(_effective_command(image, container), image) == port, "container args"
     container_ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
     assert list(container_ports.values()) == [port]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -304,7 +320,7 @@ def test_ports_agree_from_process_to_load_balancer(stages, resources, target: st
     ]
     assert len(services) == 1, f"one Service in front of {target}"
     (service,) = services
-    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "not public by itself"
     for service_port in service["spec"]["ports"]:
         target_port = service_port["targetPort"]
         assert container_ports.get(target_port, target_port) == port, (
@@ -334,13 +350,94 @@ def test_deployments_are_replicated_bounded_and_autoscaled(resources) -> None:
         assert scalers[0]["spec"]["maxReplicas"] > scalers[0]["spec"]["minReplicas"]
 
 
-def test_the_api_token_comes_from_a_secret(resources) -> None:
-    for name, deployment in _of_kind(resources, "Deployment").items():
-        env = {item["name"]: item for item in _container(deployment).get("env", [])}
-        reference = env["SIMREC_API_TOKEN"]["valueFrom"]["secretKeyRef"]
-        assert reference == {"name": "simrec-api-token", "key": "token"}, name
-        assert "value" not in env["SIMREC_API_TOKEN"], name
+def _token_mount(deployment: dict) -> str:
+    """Where the Secret simrec-api-token's key `token` is mounted (read-only) as a file."""
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v.get("secret", {}).get("secretName") == "simrec-api-token"]
+    (item,) = [i for i in volume["secret"]["items"] if i["key"] == "token"]
+    assert volume["secret"]["defaultMode"] & 0o077 == 0, "the token file is private to its user"
+    (mount,) = [m for m in _container(deployment)["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    return f"{mount['mountPath']}/{item['path']}"
+
+
+def test_the_api_token_is_a_mounted_secret_file_not_an_env_var(stages, resources) -> None:
+    from simrec.config import DEFAULT_CONFIG, load_settings
+
+    deployments = _of_kind(resources, "Deployment")
+    for name, deployment in deployments.items():
+        for item in _container(deployment).get("env", []):
+            assert "secretKeyRef" not in item.get("valueFrom", {}), (name, item["name"])
+            assert "TOKEN" not in item["name"], (name, item["name"])
+    server = deployments["simrec-server"]
+    command = _effective_command(Image(stages, "server"), _container(server))
+    assert command[command.index("--token-file") + 1] == _token_mount(server)
+    overlay = _of_kind(resources, "ConfigMap")["simrec-config"]["data"]["cluster.yaml"]
+    app_overlay = yaml.safe_load(overlay)["app"]
+    assert app_overlay["token_file"] == _token_mount(deployments["simrec-app"])
+    assert load_settings(str(DEFAULT_CONFIG)).app.token_file is None  # local runs: the env var
     assert not _of_kind(resources, "Secret"), "no token in the repository: kubectl create secret"
+
+
+def test_only_the_tls_ingress_is_public(resources) -> None:
+    """No Service is a LoadBalancer or NodePort; the server is reached through one Ingress that
+    terminates TLS for every host it routes and redirects plain HTTP to HTTPS."""
+    for name, service in _of_kind(resources, "Service").items():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", name
+    (ingress,) = _of_kind(resources, "Ingress").values()
+    annotations = ingress["metadata"].get("annotations", {})
+    tls_hosts = {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
+    assert all(tls["secretName"] for tls in ingress["spec"]["tls"])
+    assert (
+        "cert-manager.io/cluster-issuer" in annotations or "cert-manager.io/issuer" in annotations
+    )
+    assert annotations.get("nginx.ingress.kubernetes.io/force-ssl-redirect") == "true"
+    services = _of_kind(resources, "Service")
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts, f"{rule['host']} would be served over plain HTTP"
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == "simrec-server", "only the API is public"
+            ports = {p["name"]: p["port"] for p in services[backend["name"]]["spec"]["ports"]}
+            assert backend["port"].get("name") in ports or backend["port"].get("number") in (
+                ports.values()
+            )
+    from simrec.config import load_settings
+
+    limit = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert limit == f"{load_settings().serving.max_body_bytes // 2**20}m", "edge and server agree"
+
+
+def test_network_policy_admits_only_the_ingress_controller_and_the_app(resources) -> None:
+    deployments = _of_kind(resources, "Deployment")
+    server_labels = deployments["simrec-server"]["spec"]["template"]["metadata"]["labels"]
+    app_labels = deployments["simrec-app"]["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        policy
+        for policy in _of_kind(resources, "NetworkPolicy").values()
+        if _selects(policy["spec"]["podSelector"]["matchLabels"], server_labels)
+    ]
+    assert len(policies) == 1, "one NetworkPolicy guards the server pods"
+    (policy,) = policies
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert peers, "an empty `from` admits everyone"
+    for peer in peers:
+        if "namespaceSelector" in peer:
+            selector = peer["namespaceSelector"]["matchLabels"]
+            assert selector == {"kubernetes.io/metadata.name": "ingress-nginx"}, peer
+            assert "podSelector" not in peer
+        else:
+            selector = peer["podSelector"]["matchLabels"]
+            assert selector and _selects(selector, app_labels), peer
+            assert not _selects(selector, server_labels)
+    assert any("namespaceSelector" in peer for peer in peers)
+    assert any("podSelector" in peer for peer in peers)
+    for rule in policy["spec"]["ingress"]:
+        container_ports = {
+            p["name"]: p["containerPort"] for p in _container(deployments["simrec-server"])["ports"]
+        }
+        assert [p["port"] for p in rule["ports"]] == ["http"] and "http" in container_ports
 
 
 def test_pods_load_the_mounted_settings_overlay(resources, tmp_path: Path) -> None:
@@ -371,7 +468,7 @@ def test_pods_load_the_mounted_settings_overlay(resources, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_the_cli_accepts_what_the_image_runs(stages, target: str) -> None:
+def test_the_cli_accepts_what_the_image_runs(stages, resources, target: str) -> None:
     """Checked once `simrec serve` (issue 5) and `simrec app` (issue 6) exist on the CLI."""
     from typer.main import get_command
 
@@ -384,6 +481,12 @@ def test_the_cli_accepts_what_the_image_runs(stages, target: str) -> None:
         pytest.skip(f"`simrec {name}` is not on this branch's CLI yet")
     options = {opt: param for param in command.params for opt in param.opts}
     passed = [arg for arg in image.command[2:] if arg.startswith("--")]
+    deployed = [
+        _effective_command(image, _container(d))
+        for d in _of_kind(resources, "Deployment").values()
+        if _target_of(_container(d)) == target
+    ]
+    passed += [arg for run in deployed for arg in run[2:] if arg.startswith("--")]
     assert set(passed) <= set(options), (
         f"simrec {name} has no option(s) {set(passed) - set(options)}"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deltalake import DeltaTable
 from PIL import Image
 
 from simrec.lake.fashion_mnist import (
@@ -104,3 +105,100 @@ def test_delta_format_reads_through_the_spark_delta_source(spark, settings) -> N
     table = ingest_fashion_mnist(lake, settings.fashion_mnist, "fm", max_rows_per_split=5)
     with pytest.raises(Exception, match="(?i)delta"):
         read_table(spark, lake, lake.pin("fm", table.version), delta_format=True).count()
+
+
+def test_an_explicit_source_without_the_files_is_an_error(tmp_path: Path, settings) -> None:
+    typo = settings.with_overrides({"fashion_mnist.source_dir": str(tmp_path / "no-such-dir")})
+    with pytest.raises(DatasetFileError, match="no-such-dir.*lacks"):
+        locate_files(typo.fashion_mnist)
+    assert not (tmp_path / "downloads").exists()  # and nothing was downloaded instead
+
+
+def test_cli_source_typo_is_a_one_line_error(tmp_path: Path, settings) -> None:
+    from typer.testing import CliRunner
+
+    from simrec.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            "fashion-mnist",
+            "--source",
+            str(tmp_path / "typo"),
+            "--set",
+            f"lake.root={settings.lake.root}",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "typo" in result.output and "lacks" in result.output
+    assert not Lakehouse(settings.lake.root).exists("fashion_mnist")
+
+
+def _other_process_ingests(settings, max_rows: int) -> None:
+    """A second, real `simrec ingest fashion-mnist` process writing to the same lake."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simrec.cli",
+            "ingest",
+            "fashion-mnist",
+            "--max-rows",
+            str(max_rows),
+            "--set",
+            f"lake.root={settings.lake.root}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_table_created_meanwhile_by_another_process_is_merged_into(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = Lakehouse(settings.lake.root)
+    real_exists = Lakehouse.exists
+
+    def checked_then_overtaken(self, name):  # the other process creates it right after
+        seen = real_exists(self, name)
+        if not seen:
+            monkeypatch.setattr(Lakehouse, "exists", real_exists)
+            _other_process_ingests(settings, 20)
+        return seen
+
+    monkeypatch.setattr(Lakehouse, "exists", checked_then_overtaken)
+    result = ingest_fashion_mnist(lake, settings.fashion_mnist, max_rows_per_split=30)
+    assert result.rows_added == 20  # the other process's 40 rows are kept, not duplicated
+    ids = lake.read("fashion_mnist", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 60
+
+
+def test_a_lost_merge_race_is_one_line_naming_the_table(
+    tmp_path: Path, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from simrec.cli import app
+
+    lake = Lakehouse(settings.lake.root)
+    ingest_fashion_mnist(lake, settings.fashion_mnist, max_rows_per_split=10)
+    real_merge = DeltaTable.merge
+
+    def overtaken_merge(self, *args, **kwargs):  # another process commits just before
+        monkeypatch.setattr(DeltaTable, "merge", real_merge)
+        _other_process_ingests(settings, 20)
+        return real_merge(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "merge", overtaken_merge)
+    result = CliRunner().invoke(
+        app,
+        ["ingest", "fashion-mnist", "--max-rows", "30", "--set", f"lake.root={settings.lake.root}"],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("error: table 'fashion_mnist'") and "run it again" in error
+    assert lake.read("fashion_mnist", columns=["id"]).num_rows == 40  # only the other's commit

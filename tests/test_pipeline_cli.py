@@ -21,6 +21,7 @@ def test_simrec_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         f"--set=lake.root={tmp_path / 'lakehouse'}",
         f"--set=mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"--set=mlflow.artifact_root={tmp_path / 'mlruns'}",
+        f"--set=catalog.source_dir={REPO.parent / 'shared' / 'data' / 'ikea'}",  # no download
     ]
     small = f"{REPO / 'conf' / 'simrec.yaml'}:{REPO / 'conf' / 'small.yaml'}"
     done = subprocess.run(

@@ -241,3 +241,81 @@ def test_catalog_items_table_reindexes_without_labels(shop: Shop) -> None:
     assert top["item_id"].tolist() == new_ids[:3]
     assert {"category", "name", "colour"} <= set(found.columns) and "label" not in found.columns
     assert not set(found["item_id"]) & set(first_ids[:2])
+
+
+@pytest.mark.skipif(not (IKEA_DIR / "images").is_dir(), reason="IKEA dataset not available")
+def test_synced_catalog_reindexes_replaced_photos_and_removed_products(
+    shop: Shop, tmp_path: Path
+) -> None:
+    """Replace one product photo and remove one product in the source folder, `--sync`, then
+    re-index: the new photo finds its product, the removed product is gone."""
+    from test_catalog_ingest import BED_IN_TWO_DIFFERENT, SOFA_KEY, SUBSET_IDS, _copy_subset
+
+    source = _copy_subset(IKEA_DIR, tmp_path / "ikea")
+    settings = shop.settings.with_overrides({"lake.root": str(tmp_path / "lake")})
+    lake = Lakehouse(settings.lake.root)
+    items = settings.lake.items_table
+    ingest_catalog(lake, settings.catalog, settings.lake, source)
+    uri = "models:/simrec-ikea-sync@champion"
+    package_run(settings, lake, shop.run_id, "simrec-ikea-sync", "champion", table_name=items)
+    removed_image = _images(lake, items, [BED_IN_TWO_DIFFERENT])
+
+    # a real photo of another product (not in the subset) becomes the sofa's new photo
+    other = next(
+        p for p in sorted((IKEA_DIR / "images" / "chair").iterdir()) if p.stem not in SUBSET_IDS
+    )
+    new_photo = other.read_bytes()
+    (source / "images" / "couch" / f"{SOFA_KEY}.jpg").write_bytes(new_photo)
+    for path in (source / "images").rglob(f"{BED_IN_TWO_DIFFERENT}.*"):
+        path.unlink()
+    synced = ingest_catalog(lake, settings.catalog, settings.lake, source, prune=True)
+    assert (synced["items"].updated, synced["items"].deleted) == (1, 1)
+
+    result = reindex(settings, uri)
+    assert (result.rows_added, result.rows_removed, result.rows_updated) == (0, 1, 1)
+    assert result.package.lineage["index_size"] == len(SUBSET_IDS) - 1
+    found = _search(uri, [new_photo], k=1)
+    assert found["item_id"].tolist() == [SOFA_KEY]
+    assert np.allclose(found["distance"], 0.0, atol=1e-5)  # embedded from the new bytes
+    found = _search(uri, removed_image, k=len(SUBSET_IDS))
+    assert BED_IN_TWO_DIFFERENT not in set(found["item_id"])
+
+
+def test_reindex_follows_the_configured_lake_and_checks_the_table_id(
+    shop: Shop, tmp_path: Path
+) -> None:
+    import shutil
+
+    from simrec.lake.identity import TableIdentityError
+
+    lineage = registered_lineage(CHAMPION)
+    assert lineage["source_table_id"] == shop.lake.pin(shop.table).table_id
+    tags = mlflow.get_run(shop.run_id).data.tags
+    assert tags["simrec.training.table_id"] == lineage["source_table_id"]
+
+    # The lake moved (another machine, another mount): re-index through lake.root.
+    moved = tmp_path / "moved-lake"
+    shutil.copytree(shop.settings.lake.root, moved)
+    moved_settings = shop.settings.with_overrides({"lake.root": str(moved)})
+    Lakehouse(moved).delete(shop.table, ["fmnist-train-00006"])
+    result = reindex(moved_settings, CHAMPION)
+    assert result.table.path == str(moved / shop.table) and result.rows_removed == 1
+
+    # Same name, a different table (dropped and re-created): refused, clearly.
+    recreated = tmp_path / "recreated-lake"
+    rows = Lakehouse(moved).read(shop.table)
+    Lakehouse(recreated).insert_new(shop.table, rows)
+    with pytest.raises(TableIdentityError, match="not the table .* built from"):
+        reindex(shop.settings.with_overrides({"lake.root": str(recreated)}), CHAMPION)
+    cli = CliRunner().invoke(
+        app,
+        [
+            "reindex",
+            "--model",
+            CHAMPION,
+            f"--set=mlflow.tracking_uri={shop.settings.mlflow.tracking_uri}",
+            f"--set=lake.root={recreated}",
+        ],
+    )
+    assert cli.exit_code == 1 and "dropped and re-created" in cli.output
+    assert "Traceback" not in cli.output

@@ -223,7 +223,7 @@ def test_query_images_of_any_mode_become_model_input(mode: str, image_format: st
     for size, channels in ((28, 1), (64, 3)):  # Fashion-MNIST, an RGB catalog
         config = BundleConfig(
             image_size=size, channels=channels, default_k=5, max_k=100, max_batch_size=4,
-            max_image_pixels=10_000,
+            max_image_pixels=10_000, image_formats=("PNG", "JPEG", "TIFF", "WEBP", "BMP"),
         )  # fmt: skip
         converted = decode_query_image(text, 0, config)
         assert converted.shape == (size, size, channels) and converted.dtype == np.uint8

@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simrec.config import StyleSettings
+from simrec.config import StyleSettings, load_settings
 from simrec.style.backbone import VGG16_NOTOP_FILE, build_backbone
 from simrec.style.features import StyleFeaturizer
 
 SMALL = {"image_size": 32, "layers": ["block1_conv2", "block2_conv1"], "layer_weights": [1, 1]}
+# Every style setting from conf/simrec.yaml (the only source of defaults), VGG16 unless changed.
+DEFAULTS = load_settings().style.model_dump()
+DEFAULTS.update(backbone="vgg16", weights="imagenet", weights_path=None)
+
+
+def _style(**values: object) -> StyleSettings:
+    return StyleSettings(**{**DEFAULTS, **SMALL, **values})
 
 
 def _conv_kernel(model: tf.keras.Model) -> np.ndarray:
@@ -26,7 +33,7 @@ def test_local_weights_file_is_used_and_recorded(tmp_path: Path) -> None:
     donor = tf.keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     weights_file = tmp_path / VGG16_NOTOP_FILE
     donor.save_weights(str(weights_file))
-    backbone = build_backbone(StyleSettings(**SMALL, weights_path=weights_file))
+    backbone = build_backbone(_style(weights_path=weights_file))
     assert backbone.weights_source == f"imagenet:{weights_file}"
     np.testing.assert_array_equal(_conv_kernel(backbone.model), _conv_kernel(donor))
 
@@ -36,7 +43,7 @@ def test_keras_cache_is_looked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (tmp_path / "models").mkdir()
     donor.save_weights(str(tmp_path / "models" / VGG16_NOTOP_FILE))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert build_backbone(StyleSettings(**SMALL)).weights_source.startswith("imagenet:")
+    assert build_backbone(_style()).weights_source.startswith("imagenet:")
 
 
 def test_missing_weights_fall_back_to_seeded_random_filters_with_a_warning(
@@ -44,15 +51,15 @@ def test_missing_weights_fall_back_to_seeded_random_filters_with_a_warning(
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
     with caplog.at_level(logging.WARNING, logger="simrec.style.backbone"):
-        first = build_backbone(StyleSettings(**SMALL, seed=3))
+        first = build_backbone(_style(seed=3))
     assert first.weights_source == "random(seed=3)"
     assert "ImageNet weights not found" in caplog.text
-    again = build_backbone(StyleSettings(**SMALL, seed=3))
+    again = build_backbone(_style(seed=3))
     np.testing.assert_array_equal(_conv_kernel(first.model), _conv_kernel(again.model))
-    other = build_backbone(StyleSettings(**SMALL, seed=4))
+    other = build_backbone(_style(seed=4))
     assert not np.array_equal(_conv_kernel(first.model), _conv_kernel(other.model))
     with pytest.raises(FileNotFoundError):
-        build_backbone(StyleSettings(**SMALL, weights_path=tmp_path / "missing.h5"))
+        build_backbone(_style(weights_path=tmp_path / "missing.h5"))
 
 
 def test_any_saved_keras_model_can_be_the_backbone(tmp_path: Path) -> None:
@@ -62,7 +69,7 @@ def test_any_saved_keras_model_can_be_the_backbone(tmp_path: Path) -> None:
     conv = tf.keras.layers.Conv2D(6, 3, activation="relu", name="conv_b")(conv)
     path = tmp_path / "own.keras"
     tf.keras.Model(inputs, tf.keras.layers.GlobalAveragePooling2D()(conv)).save(path)
-    settings = StyleSettings(
+    settings = _style(
         backbone="keras_model",
         backbone_path=path,
         layers=["conv_a", "conv_b"],

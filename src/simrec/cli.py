@@ -94,7 +94,7 @@ def ingest_fashion(
 ) -> None:
     """Fashion-MNIST (configured folder, Debian package, or verified download) → Delta."""
     from simrec.lake.fashion_mnist import DatasetFileError, ingest_fashion_mnist
-    from simrec.lake.tables import Lakehouse
+    from simrec.lake.tables import Lakehouse, TableConflictError
 
     settings = _settings(config, set_)
     if source is not None:
@@ -104,7 +104,7 @@ def ingest_fashion(
         result = ingest_fashion_mnist(
             lake, settings.fashion_mnist, settings.lake.fashion_table, max_rows
         )
-    except (DatasetFileError, OSError) as error:
+    except (DatasetFileError, OSError, TableConflictError) as error:
         _fail(error)
     typer.echo(
         f"{result.name}: version {result.version}, {result.rows_added} new rows ({result.path})"
@@ -114,27 +114,45 @@ def ingest_fashion(
 @ingest_app.command("catalog")
 def ingest_catalog_command(
     source: Annotated[
-        Path | None, typer.Option(help="IKEA dataset folder (images/, text_data/).")
+        Path | None,
+        typer.Option(help="IKEA dataset folder (images/, text_data/); default catalog.source_dir."),
     ] = None,
     max_items: Annotated[int | None, typer.Option(help="Only the first N items (by id).")] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            "--prune",
+            help="Also delete the items, rooms and pairs the source no longer has.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """IKEA catalog: items, room scenes and item-room pairs → three Delta tables."""
+    """IKEA catalog → three Delta tables: new rows inserted, changed ones updated (--sync:
+    missing ones deleted), all three tables or none. Downloads the dataset when there is no
+    local copy."""
     from simrec.images import InvalidImageError
     from simrec.lake.catalog import ingest_catalog
-    from simrec.lake.tables import Lakehouse
+    from simrec.lake.ikea_download import CITATION, LICENCE, ensure_catalog
+    from simrec.lake.tables import Lakehouse, TableConflictError
+    from simrec.lake.transaction import IngestCommitError
 
     settings = _settings(config, set_)
     lake = Lakehouse(settings.lake.root)
     try:
+        if source is None and settings.catalog.source_dir is None:
+            copy = ensure_catalog(settings.catalog)
+            source = copy.folder
+            typer.echo(f"IKEA dataset: {source}{' (downloaded)' if copy.downloaded else ''}")
+            typer.echo(f"{LICENCE}\n{CITATION}")
         results = ingest_catalog(
-            lake, settings.catalog, settings.lake, source_dir=source, max_items=max_items
+            lake, settings.catalog, settings.lake, source, max_items=max_items, prune=sync
         )
-    except (InvalidImageError, OSError, ValueError) as error:
+    except (InvalidImageError, OSError, ValueError, TableConflictError, IngestCommitError) as error:
         _fail(error)
     for result in results.values():
-        typer.echo(f"{result.name}: version {result.version}, {result.rows_added} new rows")
+        typer.echo(result.summary())
 
 
 ParamsOption = Annotated[
@@ -366,6 +384,27 @@ def style_train(
     typer.echo(f"run {result.run_id}: learned style bundle ({result.seconds:.0f} s)")
 
 
+@style_app.command("select")
+def style_select(
+    items_version: ItemsVersionOption = None,
+    item_rooms_version: RoomsVersionOption = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Choose the featurizer on held-out rooms (nested cross-fit); bundle the winner."""
+    from simrec.lake.tables import Lakehouse, TableMissingError
+    from simrec.style.select import select_style
+
+    settings = _settings(config, set_)
+    try:
+        result = select_style(
+            settings, Lakehouse(settings.lake.root), items_version, item_rooms_version
+        )
+    except (TableMissingError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(f"run {result.run_id}: {result.protocol.winner.name} ({result.seconds:.0f} s)")
+
+
 @style_app.command("evaluate")
 def style_evaluate(
     pairs: Annotated[
@@ -432,6 +471,26 @@ def style_recommend(
             f"{result.category:<10} {result.rank:>4}  {result.item_id:<14} "
             f"{(result.name or '-')[:24]:<24} {result.distance:.4f}"
         )
+
+
+@style_app.command("fetch-weights")
+def style_fetch_weights(
+    destination: Annotated[
+        Path | None, typer.Option(help="Where to keep it (default: style.squeezenet.path).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Download the SqueezeNet v1.1 ImageNet weights once and verify their sha256."""
+    from simrec.style.squeezenet import WeightsChecksumError, download_weights
+
+    weights = _settings(config, set_).style.squeezenet
+    target = destination or weights.path
+    try:
+        path = download_weights(weights.url, weights.sha256, target, weights.download_timeout_s)
+    except (OSError, WeightsChecksumError) as error:
+        _fail(error)
+    typer.echo(f"SqueezeNet v1.1 ImageNet weights verified at {path}")
 
 
 @style_app.command("register")
@@ -581,6 +640,7 @@ def serve(
     set_: SetOption = None,
 ) -> None:
     """Serve the packaged model over HTTP, bearer token required on /invocations."""
+    from simrec.serving.limits import RequestLimits
     from simrec.serving.server import serve as run_server
     from simrec.serving.tokens import TokenError, load_token
     from simrec.tracking import setup_mlflow
@@ -598,6 +658,9 @@ def serve(
         host or serving.host,
         port or serving.port,
         serving.max_body_bytes,
+        limits=RequestLimits.from_settings(serving),
+        max_drain_bytes=serving.max_drain_bytes,
+        shutdown_seconds=serving.shutdown_seconds,
         serving=serving,
     )
 

@@ -28,6 +28,8 @@ class LakeSettings(_Section):
     items_table: str = "catalog_items"
     rooms_table: str = "catalog_rooms"
     item_rooms_table: str = "catalog_item_rooms"
+    commit_retries: int = Field(ge=0)  # re-plans after losing a commit race to another writer
+    commit_retry_wait_s: float = Field(ge=0)
 
 
 class FashionMnistSettings(_Section):
@@ -41,9 +43,13 @@ class FashionMnistSettings(_Section):
 
 
 class CatalogSettings(_Section):
-    source_dir: Path = Path("../shared/data/ikea")
+    source_dir: Path | None  # None: the verified download in cache_dir
+    download_url: str
+    cache_dir: Path | None  # None: the user's cache folder (platformdirs)
+    download_timeout_s: float = Field(gt=0)
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_items: int | None = None
 
 
@@ -155,10 +161,63 @@ class StyleTrainSettings(_Section):
     seed: int = 7
 
 
+class SqueezeNetWeightsSettings(_Section):
+    """Where users elsewhere fetch the SqueezeNet v1.1 ImageNet weights, and their checksum."""
+
+    path: Path  # looked for here (after style.weights_path); fetch-weights downloads here
+    url: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    download_timeout_s: float = Field(gt=0)
+
+
+class StyleBlockSettings(_Section):
+    """One featurizer block (`simrec.style.featurizers`); options a kind does not use are null."""
+
+    kind: Literal["colour", "text", "gram", "pooled"]
+    mask_background: bool | None = None  # colour: count foreground pixels only
+    ngram_max: int | None = Field(default=None, ge=1)  # text: word n-grams 1 … ngram_max
+    min_df: int | None = Field(default=None, ge=1)  # text: words in fewer training items dropped
+    backbone: Literal["vgg16", "squeezenet"] | None = None  # gram / pooled
+    weights: Literal["imagenet", "random"] | None = None
+    weights_path: Path | None = None
+    layers: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _options_of_kind(self) -> StyleBlockSettings:
+        needs = {
+            "colour": ["mask_background"],
+            "text": ["ngram_max", "min_df"],
+            "gram": ["backbone", "weights", "layers"],
+            "pooled": ["backbone", "weights", "layers"],
+        }[self.kind]
+        missing = [name for name in needs if getattr(self, name) in (None, [])]
+        if missing:
+            raise ValueError(f"a {self.kind} block needs {', '.join(missing)}")
+        return self
+
+
+class StyleSelectSettings(_Section):
+    """Choosing the featurizer on held-out rooms (`simrec style select`)."""
+
+    blocks: dict[str, StyleBlockSettings]
+    candidates: list[list[str]] = Field(min_length=1)  # each: block names, weighted together
+    weight_grid: list[float] = Field(min_length=1)  # weights tried for each block after the first
+    select_at: int = Field(ge=1)  # validation HR@select_at (pooled over pairs) chooses
+    two_hop_rooms: int = Field(ge=0)  # two-hop: nearest room photos used per query (0 = off)
+    two_hop_weights: list[float]  # weights tried for the two-hop score beside direct similarity
+    bootstrap: int = Field(ge=0)  # bootstrap resamples of the queries for each interval
+    confidence: float = Field(gt=0, lt=1)
+    cache_dir: Path | None  # raw block features cached here (null: not cached)
+    seed: int
+
+
 class StyleSettings(_Section):
     """Gram-matrix style recommender ("complete the look")."""
 
-    backbone: Literal["vgg16", "keras_model"] = "vgg16"
+    backbone: Literal["vgg16", "squeezenet", "keras_model"] = "vgg16"
+    # Both sections come from conf/simrec.yaml; None only so that the settings stored in
+    # bundles saved before they existed still load.
+    squeezenet: SqueezeNetWeightsSettings | None = None
     weights: Literal["imagenet", "random"] = "imagenet"
     weights_path: Path | None = None
     backbone_path: Path | None = None
@@ -184,6 +243,7 @@ class StyleSettings(_Section):
     max_n: int = 100
     seed: int = 7
     train: StyleTrainSettings = Field(default_factory=StyleTrainSettings)
+    select: StyleSelectSettings | None = None
 
 
 class ServingSettings(_Section):
@@ -194,6 +254,10 @@ class ServingSettings(_Section):
     max_body_bytes: int = 10 * 2**20
     max_batch_size: int = 64
     max_image_pixels: int = 25_000_000
+    image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
+    max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
+    max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
+    shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
     search_threads: int = 1
     thumbnail_size: int = 64
     registered_model: str = "simrec-fashion"
@@ -220,6 +284,7 @@ class AppSettings(_Section):
     style_api_url: str | None = None
     style_api_url_env: str = "SIMREC_STYLE_API_URL"
     token_env: str = "SIMREC_API_TOKEN"
+    token_file: Path | None  # a mounted Secret; wins over token_env
     fashion_model_uri: str = "models:/simrec-fashion@champion"
     style_model_uri: str = "models:/simrec-style@champion"
     sample_grid: int = 12

@@ -1,58 +1,117 @@
-"""Image bytes in and out: validation with clear errors, PNG encoding, decoding to arrays."""
+"""Image bytes in and out: the one guarded decoder (formats, pixel ceiling, frames), PNG
+encoding, decoding to arrays.
+
+Every place that reads untrusted image bytes (ingest, packaging, re-index, the served models,
+the app) goes through `open_image`, so a hostile file is refused the same way everywhere.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# The formats a shop's product photo comes in. Containers that decode while *opening* (ICO,
+# ICNS, …) or carry many decoders (TIFF) are left out unless a config names them.
+DEFAULT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+
+# Pillow's own bomb check reads the module-global MAX_IMAGE_PIXELS, and some containers (an
+# ICO holding a PNG) decode inside Image.open. The global is set to the caller's limit for the
+# duration of the open, under this lock, so that check already uses the configured ceiling.
+_OPEN_LOCK = threading.Lock()
 
 
 class InvalidImageError(ValueError):
     """Bytes that are not a readable image (or too large to read safely)."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """An image with more pixels than the configured ceiling (refused before decoding)."""
+
+
 def sha256_hex(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def open_image(
-    payload: bytes, source: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
-    """Decode `payload` fully, or raise InvalidImageError naming `source`.
+def _check_pixels(image: Image.Image, source: str, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{source}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+        )
 
-    The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb is refused without allocating it.
-    """
+
+def _open_header(
+    payload: bytes, source: str, max_pixels: int, formats: Sequence[str]
+) -> Image.Image:
+    """Image.open under the configured ceiling; only the allowed formats are tried."""
     if not payload:
         raise InvalidImageError(f"{source}: empty file")
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(payload))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImageError(
-                    f"{source}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
-                )
-            image.load()
-    except InvalidImageError:
-        raise
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            try:
+                image = Image.open(io.BytesIO(payload), formats=tuple(formats))
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError as error:
         # PIL's own message only names the BytesIO object it was given.
-        raise InvalidImageError(f"{source}: not a readable image (unknown format)") from error
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as error:
-        raise InvalidImageError(f"{source}: not a readable image ({error})") from error
-    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImageError(
+            f"{source}: not a readable image (not one of the accepted formats {list(formats)})"
+        ) from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(
+            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
+    _check_pixels(image, source, max_pixels)
+    return image
+
+
+def image_pixels(
+    payload: bytes,
+    source: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> int:
+    """The pixel count of the first frame, read from the header without decoding pixels;
+    InvalidImageError for what `open_image` would refuse before decoding."""
+    width, height = _open_header(payload, source, max_pixels, formats).size
+    return width * height
+
+
+def open_image(
+    payload: bytes,
+    source: str = "image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> Image.Image:
+    """Decode the first frame of `payload`, or raise InvalidImageError naming `source`.
+
+    Only `formats` are tried. The pixel count is checked before any pixel is decoded: by
+    Pillow itself (its ceiling set to `max_pixels`) for containers that decode while opening,
+    and from the header for the rest. Of a multi-frame image (GIF, APNG, WebP) only the first
+    frame is decoded, and its size is checked again after decoding.
+    """
+    image = _open_header(payload, source, max_pixels, formats)
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(
+            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
+    _check_pixels(image, source, max_pixels)
     return image
 
 
@@ -74,11 +133,15 @@ def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
 
 
 def decode_batch(
-    payloads: Iterable[bytes], size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    payloads: Iterable[bytes],
+    size: int,
+    channels: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> np.ndarray:
     """Image bytes → uint8 array (N, size, size, channels); pixels are *not* scaled here."""
     arrays = [
-        to_array(open_image(payload, f"image {position}", max_pixels), size, channels)
+        to_array(open_image(payload, f"image {position}", max_pixels, formats), size, channels)
         for position, payload in enumerate(payloads)
     ]
     if not arrays:

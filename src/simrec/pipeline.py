@@ -47,7 +47,8 @@ def run_pipeline(settings: Settings, with_catalog: bool = True) -> PipelineResul
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(settings.lake.fashion_table, ingested.version)
     if with_catalog:
-        print(f"[2/7] ingesting the IKEA catalog from {settings.catalog.source_dir}")
+        where = settings.catalog.source_dir or "the verified download (catalog.cache_dir)"
+        print(f"[2/7] ingesting the IKEA catalog from {where}")
         ingest_catalog(lake, settings.catalog, settings.lake)
     print(f"[3/7] training on {table.name} v{table.version}")
     training = train(settings, lake, table)

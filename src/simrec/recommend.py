@@ -28,7 +28,14 @@ def recommend_for_image(
         raise ValueError(f"k must be between 1 and {settings.recommend.max_k}, got {k}")
     payload = Path(image_path).read_bytes()
     pixels = to_array(
-        open_image(payload, str(image_path)), settings.model.image_size, settings.model.channels
+        open_image(
+            payload,
+            str(image_path),
+            settings.serving.max_image_pixels,
+            settings.serving.image_formats,
+        ),
+        settings.model.image_size,
+        settings.model.channels,
     )
     setup_mlflow(settings.mlflow)
     model = load_embedding_model(run_id)

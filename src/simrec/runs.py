@@ -49,6 +49,7 @@ def training_table(run_id: str) -> TableVersion:
         name=tags["simrec.training.table"],
         path=tags["simrec.training.table_path"],
         version=int(tags["simrec.training.table_version"]),
+        table_id=tags.get("simrec.training.table_id") or None,
     )
 
 

@@ -60,5 +60,6 @@ def log_table_input(table: TableVersion, context: str) -> None:
             f"simrec.{context}.table": table.name,
             f"simrec.{context}.table_path": table.path,
             f"simrec.{context}.table_version": str(table.version),
+            f"simrec.{context}.table_id": str(table.table_id or ""),
         }
     )

@@ -13,6 +13,7 @@ import base64
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -141,7 +142,10 @@ class InProcessBackend(Backend):
 
 
 def api_token(settings: AppSettings, secrets: Any = None) -> str | None:
-    """The bearer token: the configured environment variable, else the `api_token` secret."""
+    """The bearer token: the configured token file, else the environment variable, else the
+    `api_token` secret."""
+    if settings.token_file is not None:
+        return Path(settings.token_file).read_text().strip() or None
     token = os.environ.get(settings.token_env)
     if not token and secrets is not None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -154,13 +155,13 @@ def query_picker(page: str, samples: list[Sample], columns: int, max_bytes: int)
     return st.session_state.get(state_key)
 
 
-def checked_query(query: dict, max_pixels: int) -> bytes | None:
+def checked_query(query: dict, max_pixels: int, formats: Sequence[str]) -> bytes | None:
     """The query's bytes if they are a readable image; else an error shown, None returned."""
     if "error" in query:
         st.error(f"Cannot use this upload: {query['error']}.")
         return None
     try:
-        image = open_image(query["image"], query["source"], max_pixels)
+        image = open_image(query["image"], query["source"], max_pixels, formats)
     except InvalidImageError as error:
         st.error(f"Cannot use this upload: {error}. Upload a PNG, JPEG or other image file.")
         return None

@@ -30,7 +30,9 @@ def render() -> None:
     )
     if query is None:
         return
-    image = common.checked_query(query, settings.serving.max_image_pixels)
+    image = common.checked_query(
+        query, settings.serving.max_image_pixels, settings.serving.image_formats
+    )
     if image is None:
         return
     items = common.run_query("style", image, n, targets or None)

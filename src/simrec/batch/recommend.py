@@ -109,6 +109,7 @@ def recommend_batch(
                     config.image_size,
                     config.channels,
                     config.max_image_pixels,
+                    config.image_formats,
                 )
             )
             for start in range(0, len(images), batch_size)

@@ -29,6 +29,7 @@ from simrec.config import Settings
 from simrec.index.faiss_index import EmbeddingIndex
 from simrec.index.scope import IMAGE_COLUMN, KEY_COLUMN, CatalogScope
 from simrec.lake.changes import NetChanges, net_changes
+from simrec.lake.identity import resolve_recorded_table
 from simrec.lake.tables import ChangeFeedError, Lakehouse, TableVersion
 from simrec.serving.bundle import (
     Embedder,
@@ -163,8 +164,14 @@ class _Source:
     def __init__(self, bundle: LocalBundle, settings: Settings):
         self.bundle = bundle
         self.scope = CatalogScope.from_lineage(bundle.lineage)
-        self.lake = Lakehouse(Path(bundle.lineage["source_table_path"]).parent)
-        self.latest = self.lake.pin(bundle.lineage["source_table"])
+        # Through the current config (lake.root + name), never the path recorded at packaging.
+        self.lake = Lakehouse(settings.lake.root)
+        self.latest = resolve_recorded_table(
+            self.lake,
+            bundle.lineage["source_table"],
+            bundle.lineage.get("source_table_id"),
+            bundle.registered.uri,
+        )
         self.recorded = int(bundle.lineage["source_table_version"])
         if self.latest.version < self.recorded:
             raise ChangeFeedError(

@@ -1,7 +1,7 @@
 """IKEA catalog → Delta: product photos, room scenes, and which products appear in which rooms.
 
 Reads the IKEA interior-design dataset (`images/<folder>/<file>` plus the Python-2 pickles in
-`text_data/`) and writes three tables through `Lakehouse.insert_new`:
+`text_data/`) and syncs three tables with it (`simrec.lake.transaction`, all or nothing):
 
 - items: one row per product photo (id = file stem, e.g. '802.538.09'), text from
   `products_dict.p` when it has an entry, a semantic category, and the image bytes;
@@ -13,7 +13,8 @@ lives in `dining table`, `sofa` in `couch`, `mirror`/`pillow`/bare keys in `obje
 handled by the `KEY_FOLDERS` / `FOLDER_CATEGORIES` tables below, never by special-casing ids.
 
 Every image is read, size-checked and fully decoded before anything is written, so one bad file
-fails the whole batch and leaves every table at its previous version.
+fails the whole batch and leaves every table at its previous version. Without a local copy
+(`catalog.source_dir` null) the dataset is downloaded and verified first (`ikea_download`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from tqdm import tqdm
 
 from simrec.config import CatalogSettings, LakeSettings
 from simrec.images import InvalidImageError, open_image, sha256_hex
-from simrec.lake.tables import Lakehouse, TableVersion
+from simrec.lake.sync import SyncResult
+from simrec.lake.tables import Lakehouse
+from simrec.lake.transaction import TableSync, sync_tables
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +359,7 @@ def read_image(path: Path, settings: CatalogSettings) -> bytes:
         payload = handle.read(limit + 1)  # never more than the limit, even if the file grew
     if len(payload) > limit:
         raise InvalidImageError(f"{source}: more than the limit of {limit} bytes")
-    open_image(payload, source, settings.max_image_pixels)
+    open_image(payload, source, settings.max_image_pixels, settings.image_formats)
     return payload
 
 
@@ -452,26 +455,49 @@ def build_item_rooms(items: list[ItemPlan]) -> pa.Table:
 # ---------------------------------------------------------------- entry point
 
 
+ITEM_COMPARE = [name for name in ITEMS_SCHEMA.names if name not in ("id", "image", "ingested_at")]
+ROOM_COMPARE = [name for name in ROOMS_SCHEMA.names if name not in ("id", "image", "ingested_at")]
+PAIR_COMPARE = ["item_id", "room_id"]
+
+
+def resolve_source(settings: CatalogSettings, source_dir: Path | None = None) -> Path:
+    """`source_dir`, else `catalog.source_dir`, else the verified download in the cache."""
+    chosen = source_dir if source_dir is not None else settings.source_dir
+    if chosen is not None:
+        return Path(chosen).expanduser().resolve()
+    from simrec.lake.ikea_download import ensure_catalog
+
+    return ensure_catalog(settings).folder
+
+
 def ingest_catalog(
     lake: Lakehouse,
     settings: CatalogSettings,
     lake_settings: LakeSettings,
     source_dir: Path | None = None,
     max_items: int | None = None,
-) -> dict[str, TableVersion]:
-    """Ingest the IKEA catalog into the items, rooms and item_rooms tables.
+    prune: bool = False,
+) -> dict[str, SyncResult]:
+    """Sync the IKEA catalog into the items, rooms and item_rooms tables, all or nothing.
 
-    `max_items` keeps the first items by sorted id (and only the rooms and pairs they touch).
-    All images are validated before the first write; re-running adds nothing already there.
-    Returns {"items": ..., "rooms": ..., "item_rooms": ...}. `max_items` defaults to
-    `settings.max_items`.
+    By id and content (sha256 of the image, text, category, ...): new rows are inserted,
+    changed ones updated, and with `prune` rows the source no longer has are deleted; a plain
+    ingest never deletes. Each table gets at most one Delta commit, carrying the counts and the
+    versions of all three tables (see `simrec.lake.transaction`). Every image is validated
+    before the first commit. `max_items` (default `settings.max_items`) keeps the first items
+    by sorted id, and only the rooms and pairs they touch; it cannot be combined with `prune`.
+    Returns {"items": ..., "rooms": ..., "item_rooms": ...}.
     """
     if max_items is None:
         max_items = settings.max_items
     if max_items is not None and max_items < 0:
         raise ValueError(f"max_items must be >= 0, got {max_items}")
-    source_dir = Path(source_dir if source_dir is not None else settings.source_dir).expanduser()
-    source_dir = source_dir.resolve()
+    if prune and max_items is not None:
+        raise ValueError(
+            "--sync deletes what the source lacks, so it needs the whole source: it cannot be "
+            f"combined with max_items ({max_items})"
+        )
+    source_dir = resolve_source(settings, source_dir)
     images_dir = check_source(source_dir)
     metadata = load_metadata(source_dir)
     files = scan_product_files(images_dir)
@@ -495,20 +521,32 @@ def ingest_catalog(
 
     ingested_at = datetime.now(UTC)
     item_bytes = cast(list[bytes], item_payloads)  # no problems: every payload was read
-    items_table = build_items(items, item_bytes, metadata.products, ingested_at)
-    rooms_table = build_rooms(rooms, room_column, ingested_at)
-    pairs_table = build_item_rooms(items)
-    return {
-        "items": lake.insert_new(
-            lake_settings.items_table, items_table, key="id", description="IKEA catalog items"
+    tables = [
+        TableSync(
+            "items",
+            lake_settings.items_table,
+            build_items(items, item_bytes, metadata.products, ingested_at),
+            "id",
+            ITEM_COMPARE,
+            "IKEA catalog items",
         ),
-        "rooms": lake.insert_new(
-            lake_settings.rooms_table, rooms_table, key="id", description="IKEA room scenes"
+        TableSync(
+            "rooms",
+            lake_settings.rooms_table,
+            build_rooms(rooms, room_column, ingested_at),
+            "id",
+            ROOM_COMPARE,
+            "IKEA room scenes",
         ),
-        "item_rooms": lake.insert_new(
+        TableSync(
+            "item_rooms",
             lake_settings.item_rooms_table,
-            pairs_table,
-            key="id",
-            description="IKEA items appearing in room scenes",
+            build_item_rooms(items),
+            "id",
+            PAIR_COMPARE,
+            "IKEA items appearing in room scenes",
         ),
-    }
+    ]
+    return sync_tables(
+        lake, tables, prune, lake_settings.commit_retries, lake_settings.commit_retry_wait_s
+    )

@@ -88,10 +88,19 @@ def _download(url: str, target: Path) -> None:
 def locate_files(settings: FashionMnistSettings) -> tuple[Path, str]:
     """The folder holding all four files and how it was found (configured/system/download)."""
     names = list(settings.files) or [name for pair in SPLIT_FILES.values() for name in pair]
-    candidates = [("configured", settings.source_dir), ("system", settings.system_dir)]
-    for origin, folder in candidates:
-        if folder is not None and all((Path(folder) / name).is_file() for name in names):
-            return Path(folder), origin
+    if settings.source_dir is not None:
+        # An explicit folder is what the user asked for: never fall back to another source.
+        folder = Path(settings.source_dir)
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise DatasetFileError(
+                f"Fashion-MNIST folder {folder} (fashion_mnist.source_dir / --source) lacks "
+                f"{', '.join(missing)}; point it at the folder holding the four IDX .gz files, "
+                f"or unset it to use {settings.system_dir} or a verified download"
+            )
+        return folder, "configured"
+    if all((Path(settings.system_dir) / name).is_file() for name in names):
+        return Path(settings.system_dir), "system"
     target = Path(settings.download_dir)
     for name in names:
         path = target / name

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, Schema, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
@@ -30,6 +30,24 @@ class ChangeFeedError(RuntimeError):
     """The change data feed of a table cannot be read for the versions asked for."""
 
 
+class TableConflictError(RuntimeError):
+    """Another writer committed to the table first; nothing of this write was committed."""
+
+
+def is_conflict(error: Exception) -> bool:
+    """A lost commit race: a concurrent commit, or a table created meanwhile by another writer."""
+    if isinstance(error, CommitFailedError):
+        return True
+    return isinstance(error, DeltaError) and "already exists" in str(error).lower()
+
+
+def conflict_error(name: str, path: str, error: Exception) -> TableConflictError:
+    return TableConflictError(
+        f"table {name!r} ({path}) was changed by another writer during this write, so nothing "
+        f"was committed ({type(error).__name__}); run it again once the other writer is done"
+    )
+
+
 @dataclass(frozen=True)
 class TableVersion:
     """A table pinned at one version: what lineage records and readers ask for."""
@@ -39,9 +57,10 @@ class TableVersion:
     version: int
     rows_added: int = 0
     rows_removed: int = 0
+    table_id: str | None = None  # Delta `metadata().id`: a re-created table gets a new one
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "path": self.path, "version": self.version}
+        return {"name": self.name, "path": self.path, "version": self.version, "id": self.table_id}
 
 
 class Lakehouse:
@@ -70,7 +89,12 @@ class Lakehouse:
     def pin(self, name: str, version: int | None = None) -> TableVersion:
         """The table at `version` (default: latest), checked to exist."""
         table = self.table(name, version)
-        return TableVersion(name=name, path=str(self.path(name)), version=table.version())
+        return TableVersion(
+            name=name,
+            path=str(self.path(name)),
+            version=table.version(),
+            table_id=table.metadata().id,
+        )
 
     def file_uris(self, name: str, version: int | None = None) -> list[str]:
         return self.table(name, version).file_uris()
@@ -111,14 +135,19 @@ class Lakehouse:
         path = str(self.path(name))
         if not self.exists(name):
             self.root.mkdir(parents=True, exist_ok=True)
-            write_deltalake(
-                path,
-                rows,
-                mode="error",
-                configuration=CHANGE_DATA_FEED,
-                description=description,
-            )
-            return TableVersion(name, path, DeltaTable(path).version(), rows.num_rows)
+            try:
+                write_deltalake(
+                    path,
+                    rows,
+                    mode="error",
+                    configuration=CHANGE_DATA_FEED,
+                    description=description,
+                )
+                return TableVersion(name, path, DeltaTable(path).version(), rows.num_rows)
+            except DeltaError as error:
+                if not is_conflict(error):
+                    raise
+                # another writer created it first: insert what it does not have, below
         existing = set(self.read(name, columns=[key]).column(key).to_pylist())
         new_mask = pa.array([value not in existing for value in rows.column(key).to_pylist()])
         new_rows = rows.filter(new_mask)
@@ -134,16 +163,21 @@ class Lakehouse:
         new_rows = new_rows.select(target_schema.names).cast(target_schema)
         # Merge rather than append: a concurrent writer that inserted the same keys in between
         # still cannot create duplicates.
-        (
-            table.merge(
-                source=new_rows,
-                predicate=f"t.{key} = s.{key}",
-                source_alias="s",
-                target_alias="t",
+        try:
+            (
+                table.merge(
+                    source=new_rows,
+                    predicate=f"t.{key} = s.{key}",
+                    source_alias="s",
+                    target_alias="t",
+                )
+                .when_not_matched_insert_all()
+                .execute()
             )
-            .when_not_matched_insert_all()
-            .execute()
-        )
+        except (CommitFailedError, DeltaError) as error:
+            if is_conflict(error):
+                raise conflict_error(name, path, error) from error
+            raise
         return TableVersion(name, path, table.version(), new_rows.num_rows)
 
     def delete(self, name: str, keys: list[str], key: str = "id") -> TableVersion:
@@ -167,7 +201,12 @@ class Lakehouse:
         if not present:
             return TableVersion(name, path, table.version(), rows_removed=0)
         listed = ", ".join(_sql_string(value) for value in present)
-        metrics = table.delete(f'"{key}" IN ({listed})')
+        try:
+            metrics = table.delete(f'"{key}" IN ({listed})')
+        except (CommitFailedError, DeltaError) as error:
+            if is_conflict(error):
+                raise conflict_error(name, path, error) from error
+            raise
         return TableVersion(name, path, table.version(), rows_removed=metrics["num_deleted_rows"])
 
     def changes(

@@ -139,6 +139,7 @@ def embed_images(
                 config.image_size,
                 config.channels,
                 config.max_image_pixels,
+                config.image_formats,
             )
         )
         for start in range(0, len(images), batch_size)

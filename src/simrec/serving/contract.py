@@ -32,7 +32,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
-from simrec.images import InvalidImageError, open_image, to_array
+from simrec.images import DEFAULT_FORMATS, InvalidImageError, open_image, to_array
 
 IMAGE_COLUMN = "image"
 ITEM_ID_COLUMN = "item_id"
@@ -123,7 +123,12 @@ def listing(problems: Sequence[str]) -> str:
 
 
 def decode_image(
-    text: object, position: int, max_pixels: int, size: int, channels: int
+    text: object,
+    position: int,
+    max_pixels: int,
+    size: int,
+    channels: int,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
 ) -> tuple[np.ndarray, bytes]:
     """One base64 image string → (uint8 pixels (size, size, channels), the image's bytes);
     InvalidImageError naming the row otherwise."""
@@ -138,7 +143,7 @@ def decode_image(
         image_bytes = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidImageError(f"{source}: not valid base64 ({error})") from error
-    image = open_image(image_bytes, source, max_pixels)
+    image = open_image(image_bytes, source, max_pixels, formats)
     try:
         return to_array(image, size, channels), image_bytes
     except (OSError, ValueError) as error:
@@ -294,5 +299,8 @@ def _query(
         if item_id not in item_ids:
             raise InvalidQueryError(f"row {position}: unknown item_id {item_id!r}")
         return replace(query, item_id=item_id)
-    pixels, payload = decode_image(image, position, limits.max_image_pixels, image_size, channels)
+    formats = getattr(limits, "image_formats", DEFAULT_FORMATS)
+    pixels, payload = decode_image(
+        image, position, limits.max_image_pixels, image_size, channels, formats
+    )
     return replace(query, pixels=pixels, payload=payload)

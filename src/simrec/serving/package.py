@@ -200,6 +200,7 @@ def bundle_config(settings: Settings) -> BundleConfig:
         max_k=settings.recommend.max_k,
         max_batch_size=settings.serving.max_batch_size,
         max_image_pixels=settings.serving.max_image_pixels,
+        image_formats=tuple(settings.serving.image_formats),
         search_threads=settings.serving.search_threads,
     )
 
@@ -212,6 +213,7 @@ def catalog_lineage(
         "source_table": table.name,
         "source_table_path": table.path,
         "source_table_version": table.version,
+        "source_table_id": table.table_id,
         "training_run_id": training_run_id,
         "index_size": len(index),
         "index_kind": index.settings.kind,

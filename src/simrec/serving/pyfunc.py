@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from simrec.images import DEFAULT_FORMATS
 from simrec.index.faiss_index import EmbeddingIndex, IndexMismatchError
 from simrec.serving.contract import (
     CATEGORIES,
@@ -64,13 +65,20 @@ class BundleConfig(BaseModel):
     max_k: int
     max_batch_size: int
     max_image_pixels: int
+    # Bundles packaged before the allow-list decode what the decoder accepts by default.
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS
     search_threads: int = 1
 
 
 def decode_query_image(text: object, position: int, config: BundleConfig) -> np.ndarray:
     """One base64 image string → uint8 pixels (size, size, channels); InvalidImageError else."""
     pixels, _ = decode_image(
-        text, position, config.max_image_pixels, config.image_size, config.channels
+        text,
+        position,
+        config.max_image_pixels,
+        config.image_size,
+        config.channels,
+        config.image_formats,
     )
     return pixels
 

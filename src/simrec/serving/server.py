@@ -22,6 +22,8 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.types.schema import DataType, Schema
 
 from simrec.config import ServingSettings
+from simrec.serving.limits import LimitError, RequestLimits, check_budget, drain, parse_json
+from simrec.serving.shutdown import run_until_terminated
 from simrec.serving.tokens import TokenError
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ def _describe_schema(schema: Schema) -> str:
 def _columns(parsed: Any) -> dict[str, list[Any]] | None:
     """Column name → values of a parsed request, or None when it has no named columns."""
     if isinstance(parsed, pd.DataFrame):
+        if parsed.columns.has_duplicates:
+            repeated = sorted({str(c) for c in parsed.columns[parsed.columns.duplicated()]})
+            raise RequestError(400, f"the request repeats the column(s) {repeated}")
         return {str(column): parsed[column].tolist() for column in parsed.columns}
     if isinstance(parsed, dict):
         columns = {}
@@ -113,7 +118,9 @@ def _columns(parsed: Any) -> dict[str, list[Any]] | None:
     return None
 
 
-def check_invocation(body: bytes, schema: Schema | None) -> None:
+def check_invocation(
+    body: bytes, schema: Schema | None, limits: RequestLimits | None = None
+) -> None:
     """Reject a JSON scoring request that MLflow would misread, with a message saying why.
 
     Parsing is MLflow's own (`infer_and_parse_data`), so the formats stay exactly MLflow's.
@@ -121,9 +128,9 @@ def check_invocation(body: bytes, schema: Schema | None) -> None:
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
     try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"the request body is not valid JSON: {error}") from None
+        request = parse_json(body)
+    except LimitError as error:
+        raise RequestError(error.status, error.message) from None
     if not isinstance(request, dict):
         raise RequestError(
             400, f"the request must be a JSON object with one of the keys {list(REQUEST_FORMATS)}"
@@ -168,6 +175,11 @@ def check_invocation(body: bytes, schema: Schema | None) -> None:
                     raise RequestError(
                         400, f"column {spec.name!r}: {value} in row {row} is out of range"
                     )
+    if limits is not None:
+        try:
+            check_budget(columns, limits)
+        except LimitError as error:
+            raise RequestError(error.status, error.message) from None
 
 
 def _clean_error(status: int, body: bytes) -> bytes:
@@ -201,6 +213,8 @@ class GuardedApp:
         token: str,
         max_body_bytes: int,
         input_schema: Schema | None = None,
+        limits: RequestLimits | None = None,
+        max_drain_bytes: int = 0,
         open_paths: frozenset[str] = OPEN_PATHS,
     ):
         if not token:
@@ -210,6 +224,8 @@ class GuardedApp:
         self._token = token.encode()
         self.max_body_bytes = max_body_bytes
         self.input_schema = input_schema
+        self.limits = limits
+        self.max_drain_bytes = max_drain_bytes
 
     def _authorized(self, scope: Scope) -> bool:
         header = _header(scope, b"authorization") or ""
@@ -226,10 +242,7 @@ class GuardedApp:
         if scope["type"] != "http":  # websockets: nothing here speaks them
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        if not self._authorized(scope):
+        if scope["path"] not in self.open_paths and not self._authorized(scope):
             await send_json_error(
                 send,
                 401,
@@ -253,6 +266,7 @@ class GuardedApp:
         )
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await drain(receive, self.max_drain_bytes)
             raise too_large
         chunks, size = [], 0
         while True:
@@ -262,6 +276,8 @@ class GuardedApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await drain(receive, self.max_drain_bytes - size)
                 raise too_large
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -278,7 +294,15 @@ class GuardedApp:
                 f"got {content_type or 'no Content-Type'!r}",
             )
         # JSON parsing of a large body should not stall the event loop.
-        await asyncio.to_thread(check_invocation, body, self.input_schema)
+        try:
+            await asyncio.to_thread(check_invocation, body, self.input_schema, self.limits)
+        except RequestError:
+            raise
+        except Exception as error:  # any JSON shape gets an answer, never a crash in here
+            log.info("request refused by an unexpected check failure: %r", error)
+            raise RequestError(
+                400, f"the request could not be read as {list(REQUEST_FORMATS)}: {error!r}"
+            ) from None
 
     async def _forward(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         replayed = False
@@ -325,6 +349,8 @@ def create_app(
     max_body_bytes: int,
     serving: ServingSettings | None = None,
     model_uri: str | None = None,
+    limits: RequestLimits | None = None,
+    max_drain_bytes: int = 0,
 ) -> GuardedApp:
     """`model` (a loaded pyfunc, or the URI to load and follow) behind simrec's endpoints
     (`simrec.serving.endpoints`: micro-batching, /health, /version, /metrics), MLflow's
@@ -342,6 +368,8 @@ def create_app(
         token,
         max_body_bytes,
         app.live.current.pyfunc.metadata.get_input_schema(),
+        limits,
+        max_drain_bytes,
         frozenset(open_paths),
     )
     guarded.serving_app = app
@@ -356,14 +384,27 @@ def serve(
     max_body_bytes: int,
     log_level: str = "info",
     serving: ServingSettings | None = None,
+    limits: RequestLimits | None = None,
+    max_drain_bytes: int = 0,
+    shutdown_seconds: float | None = None,
 ) -> None:
     """Load `model_uri` and serve it until interrupted (blocking); a `models:/NAME@ALIAS`
-    URI is followed as the alias moves (`serving.reload_seconds`)."""
+    URI is followed as the alias moves (`serving.reload_seconds`); on SIGTERM, exit within
+    `shutdown_seconds` (None: wait for in-flight work, uvicorn's default)."""
     import uvicorn
 
     from simrec.serving.resources import available_cpus, size_tensorflow_threads
 
     size_tensorflow_threads(available_cpus())  # before the model loads TensorFlow
-    app = create_app(None, token, max_body_bytes, serving, model_uri=model_uri)
+    app = create_app(
+        None,
+        token,
+        max_body_bytes,
+        serving,
+        model_uri,
+        limits=limits,
+        max_drain_bytes=max_drain_bytes,
+    )
     log.info("serving %s on http://%s:%d", model_uri, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
+    run_until_terminated(config, shutdown_seconds)

@@ -1,8 +1,10 @@
-"""The CNN whose feature maps give style: Keras VGG16 (ImageNet weights when on disk) or any
-saved Keras model, cut after the deepest chosen layer, with one output per chosen layer.
+"""The CNN whose feature maps give style: Keras VGG16 or SqueezeNet v1.1 (ImageNet weights when
+on disk) or any saved Keras model, cut after the deepest chosen layer, one output per layer.
 
-Nothing here downloads weights. `weights: imagenet` uses a VGG16 "notop" weights file from
-`style.weights_path` or the Keras cache; without one it falls back, with a warning, to seeded
+Nothing here downloads weights. `weights: imagenet` uses the backbone's "notop" weights file
+from `style.weights_path` or the Keras cache (SqueezeNet's is checksum-verified and loaded by
+layer name; `simrec style fetch-weights` downloads it); without one it falls back, with a
+warning, to seeded
 random filters (random convolutional filters still give usable texture statistics, Ustyuzhaninov
 et al. 2017, but weaker than ImageNet ones). What was used is recorded as `weights_source`.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from simrec.config import StyleSettings
+from simrec.style.squeezenet import load_pretrained, squeezenet_v11
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,19 @@ def keras_cache_file(name: str) -> Path:
     return home / "models" / name
 
 
+def default_weights_file(settings: StyleSettings) -> Path:
+    """Where the backbone's ImageNet weights are looked for when weights_path is null."""
+    if settings.backbone == "squeezenet":
+        if settings.squeezenet is None:
+            raise ValueError("style.backbone: squeezenet needs the style.squeezenet section")
+        return Path(settings.squeezenet.path).expanduser()
+    return keras_cache_file(VGG16_NOTOP_FILE)
+
+
 def find_vgg16_weights(settings: StyleSettings) -> Path | None:
-    """The VGG16 ImageNet notop weights file, if it is on disk (configured path first)."""
+    """The backbone's ImageNet notop weights file, if it is on disk (configured path first)."""
     candidates = [settings.weights_path] if settings.weights_path else []
-    candidates.append(keras_cache_file(VGG16_NOTOP_FILE))
+    candidates.append(default_weights_file(settings))
     for candidate in candidates:
         if candidate is not None and Path(candidate).expanduser().is_file():
             return Path(candidate).expanduser()
@@ -105,24 +117,39 @@ def build_backbone(settings: StyleSettings) -> Backbone:
             f"keras_model:{settings.backbone_path}",
         )
     size = settings.image_size
-    base = tf.keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))
+    if settings.backbone == "squeezenet":
+        base = squeezenet_v11((size, size, 3))
+    else:
+        base = tf.keras.applications.VGG16(
+            include_top=False, weights=None, input_shape=(size, size, 3)
+        )
     weights_file = find_vgg16_weights(settings) if settings.weights == "imagenet" else None
     if weights_file is not None:
-        base.load_weights(str(weights_file))
+        if settings.backbone == "squeezenet":
+            sha256 = settings.squeezenet.sha256 if settings.squeezenet else None
+            if sha256 is None:
+                raise ValueError("style.squeezenet.sha256 is needed to verify the weights")
+            load_pretrained(base, weights_file, sha256)
+        else:
+            base.load_weights(str(weights_file))
         source = f"imagenet:{weights_file}"
     else:
         _seeded_random_filters(base, settings.seed)
         source = f"random(seed={settings.seed})"
         if settings.weights == "imagenet":
             log.warning(
-                "VGG16 ImageNet weights not found (style.weights_path or %s) and never "
+                "%s ImageNet weights not found (style.weights_path or %s) and never "
                 "downloaded: falling back to seeded random filters (%s); style features will be "
-                "weaker. Put the weights file there, or set style.backbone: keras_model.",
-                keras_cache_file(VGG16_NOTOP_FILE),
+                "weaker. Put the weights file there (`simrec style fetch-weights`), or set "
+                "style.backbone: keras_model.",
+                settings.backbone,
+                default_weights_file(settings),
                 source,
             )
+    # Both were trained on Caffe-preprocessed input (BGR, ImageNet means subtracted).
+    name = f"{settings.backbone}_style"
     return Backbone(
-        _cut(base, settings.layers, "vgg16_style"), list(settings.layers), size, 3, "vgg16", source
+        _cut(base, settings.layers, name), list(settings.layers), size, 3, "vgg16", source
     )
 
 

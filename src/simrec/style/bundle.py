@@ -26,7 +26,7 @@ BUNDLE_FILE = "bundle.json"
 class StyleEncoder:
     """Pixels → the vectors the indexes hold: style vectors, or a learned head's embedding."""
 
-    featurizer: StyleFeaturizer
+    featurizer: StyleFeaturizer  # or a CombinedFeaturizer: both map a batch of pixels to rows
     head: object | None = None  # tf.keras.Model
 
     @property
@@ -82,8 +82,16 @@ class StyleBundle:
         vectors = np.load(folder / VECTORS_FILE)
         if len(items) != len(vectors):
             raise ValueError(f"{folder}: {len(items)} items but {len(vectors)} vectors")
+        from simrec.style.featurizers import CombinedFeaturizer, is_combined
+
+        featurizer_dir = folder / FEATURIZER_DIR
+        featurizer = (
+            CombinedFeaturizer.load(featurizer_dir)
+            if is_combined(featurizer_dir)
+            else StyleFeaturizer.load(featurizer_dir)
+        )
         return cls(
-            encoder=StyleEncoder(StyleFeaturizer.load(folder / FEATURIZER_DIR), head),
+            encoder=StyleEncoder(featurizer, head),
             indexes=CategoryIndexes.load(folder / INDEXES_DIR),
             items=items,
             vectors=vectors,

@@ -15,6 +15,7 @@ from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse, TableVersion
 
 ITEM_COLUMNS = ["id", "category", "name", "sha256"]
+TEXT_COLUMNS = ["name", "type", "colour", "description"]  # the product text the catalog ships
 
 
 @dataclass
@@ -29,6 +30,7 @@ class StyleCatalog:
     sha256: list[str]
     images: list[bytes]
     rooms: dict[str, frozenset[str]] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)  # name, type, colour, description joined
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,7 +62,8 @@ def read_style_catalog(
     """Items (optionally only some categories) and their rooms, each table pinned."""
     items_table = lake.pin(lake_settings.items_table, items_version)
     pairs_table = lake.pin(lake_settings.item_rooms_table, item_rooms_version)
-    rows = lake.read(items_table.name, items_table.version, columns=[*ITEM_COLUMNS, "image"])
+    columns = list(dict.fromkeys([*ITEM_COLUMNS, *TEXT_COLUMNS, "image"]))
+    rows = lake.read(items_table.name, items_table.version, columns=columns)
     rows = rows.sort_by("id")
     table = rows.to_pydict()
     keep = [
@@ -84,6 +87,10 @@ def read_style_catalog(
         sha256=[table["sha256"][p] for p in keep],
         images=[table["image"][p] for p in keep],
         rooms={item_id: frozenset(rooms[item_id]) for item_id in ids if item_id in rooms},
+        texts=[
+            " ".join(str(table[column][p]) for column in TEXT_COLUMNS if table[column][p])
+            for p in keep
+        ],
     )
 
 

@@ -197,6 +197,8 @@ def evaluate_bundle(
         raise ValueError("the catalog at the bundle's pinned version differs from its items")
     query_mask = None
     label = f"{meta['kind']} (every eligible query)"
+    if meta.get("protocol"):  # `style select`: fitted on every item, so these are in-sample
+        label = f"{meta['kind']} {meta.get('featurizer')} (in-sample; held out: style_heldout.json)"
     if meta.get("split"):
         split = meta["split"]
         query_mask = holdout_mask(catalog.ids, split["folds"], split["holdout_fold"])

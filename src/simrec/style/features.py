@@ -88,7 +88,11 @@ class StyleFeaturizer:
         batch = self.settings.batch_size
         starts = range(0, len(pixels), batch)
         for start in tqdm(
-            starts, desc="style features", unit="batch", leave=False, disable=not self.show_progress
+            starts,
+            desc="style features",
+            unit="batch",
+            leave=False,
+            disable=not self.show_progress or len(starts) <= 1,
         ):
             block = np.asarray(pixels[start : start + batch])
             mask = (

@@ -48,10 +48,15 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
         from simrec.style.bundle import StyleBundle
 
         self.bundle = StyleBundle.load(Path(context.artifacts[ARTIFACT_KEY]))
-        self.bundle.encoder.featurizer.show_progress = False  # no bars in a server's log
+        featurizer = self.bundle.encoder.featurizer
+        for part in (featurizer, getattr(featurizer, "style", None)):
+            if part is not None:
+                part.show_progress = False  # no bars in a server's log
         items = self.bundle.items
         self._category_of = dict(zip(items["id"].astype(str), items["category"], strict=True))
         self._names = dict(zip(items["id"].astype(str), items["name"], strict=True))
+        self._row_of = {item_id: row for row, item_id in enumerate(items["id"].astype(str))}
+        self._row_of_sha = {sha: row for row, sha in enumerate(items["sha256"])}
 
     @property
     def probe_item_id(self) -> str:
@@ -89,16 +94,27 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
         return frames
 
     def _query_vectors(self, queries: list[Query]) -> list[np.ndarray | None]:
+        """Index vectors: a catalog item (named, or its very photo) gets its own indexed
+        vector (which also holds what an image alone lacks, e.g. the product text); every
+        other image goes through the encoder, all of them as one batch."""
+        from simrec.images import sha256_hex
+
         vectors: list[np.ndarray | None] = [None] * len(queries)
-        images = [n for n, query in enumerate(queries) if query.pixels is not None]
+        images = []
+        for n, query in enumerate(queries):
+            row = (
+                self._row_of.get(query.item_id)
+                if query.item_id is not None
+                else self._row_of_sha.get(sha256_hex(query.payload))
+            )
+            if row is not None:
+                vectors[n] = self.bundle.vectors[row]
+            else:
+                images.append(n)
         if images:
             encoded = self.bundle.encoder.encode(np.stack([queries[n].pixels for n in images]))
             for n, vector in zip(images, encoded, strict=True):
                 vectors[n] = vector
-        for n, query in enumerate(queries):
-            if query.item_id is not None:
-                index = self.bundle.indexes.indexes[str(self._category_of[query.item_id])]
-                vectors[n] = index.vectors(np.asarray([index.key_of(query.item_id)]))[0]
         return vectors
 
     def _recommend(self, query: Query, vector: np.ndarray) -> list[dict[str, Any]]:

@@ -22,6 +22,24 @@ class StyleRecommendation:
     distance: float
 
 
+def query_vectors(bundle: StyleBundle, payloads: list[bytes], sources: list[str]) -> np.ndarray:
+    """Index vectors of a batch of query images, embedded as one batch. A catalog photo gets
+    its item's own indexed vector (which also holds what the image alone lacks, e.g. the
+    product text); any other image is decoded and run through the encoder."""
+    rows = {sha: row for row, sha in enumerate(bundle.items["sha256"])}
+    known = [rows.get(sha256_hex(payload)) for payload in payloads]
+    vectors = np.zeros((len(payloads), bundle.vectors.shape[1]), dtype=np.float32)
+    unknown = [position for position, row in enumerate(known) if row is None]
+    for position, row in enumerate(known):
+        if row is not None:
+            vectors[position] = bundle.vectors[row]
+    if unknown:
+        size = bundle.encoder.image_size
+        pixels = np.stack([to_array(open_image(payloads[p], sources[p]), size, 3) for p in unknown])
+        vectors[unknown] = bundle.encoder.encode(pixels)
+    return vectors
+
+
 def query_category(bundle: StyleBundle, payload: bytes, vector: np.ndarray) -> str:
     """The query's own category: the catalog item with the same bytes, else the category of the
     nearest catalog item over every index (a best guess; pass it explicitly when known)."""
@@ -59,6 +77,7 @@ def recommend_for_payload(
     own_category: str | None = None,
     include_own: bool = False,
     source: str = "query image",
+    vector: np.ndarray | None = None,
 ) -> list[StyleRecommendation]:
     """For an image's bytes: the n nearest items in each target category, nearest first.
 
@@ -68,8 +87,8 @@ def recommend_for_payload(
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    pixels = to_array(open_image(payload, source), bundle.encoder.image_size, 3)
-    vector = bundle.encoder.encode(pixels[None])[0]
+    if vector is None:  # else: embedded already, with the rest of its request's batch
+        vector = query_vectors(bundle, [payload], [source])[0]
     own = own_category
     if not to and own is None and not include_own:
         own = query_category(bundle, payload, vector)
