@@ -71,7 +71,13 @@ def parse_invocation(model: LoadedModel, body: bytes) -> Any:
     params = _enforce_params_schema(parsed.params, metadata.get_params_schema())
     data = parsed.data
     if isinstance(data, dict):  # the `inputs` format: column name → values
-        data = pd.DataFrame({name: list(np.ravel(values)) for name, values in data.items()})
+        columns = {name: list(np.ravel(values)) for name, values in data.items()}
+        if len({len(values) for values in columns.values()}) > 1:
+            from simrec.serving.contract import InvalidQueryError
+
+            lengths = {name: len(values) for name, values in columns.items()}
+            raise InvalidQueryError(f"the columns of 'inputs' differ in length: {lengths}")
+        data = pd.DataFrame(columns)
     return model.python_model.parse(data, params)
 
 
