@@ -30,7 +30,6 @@ import mlflow
 from PIL import Image
 
 from bench.results import fresh_workspace, record
-from simrec.index.build import build_catalog_index
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse
@@ -77,8 +76,7 @@ def _prepare(settings) -> None:
     )
     table = lake.pin(ingested.name, ingested.version)
     trained = train(settings, lake, table, run_name="bench-robustness")
-    build_catalog_index(settings, lake, trained.run_id)
-    package_run(settings, lake, trained.run_id)
+    package_run(settings, lake, trained.run_id, force=True)  # served, not gated, here
     source = WORKSPACE / "ikea"
     shutil.copytree(IKEA_DIR / "text_data", source / "text_data")
     for category in settings.style.categories:
@@ -86,7 +84,7 @@ def _prepare(settings) -> None:
     ingest_catalog(lake, settings.catalog, settings.lake, source_dir=source)
     built = build_style(settings, lake)
     with mlflow.start_run(run_id=built.run_id):
-        log_style_pyfunc(built.folder, "simrec-style", alias="champion")
+        log_style_pyfunc(built.folder, "simrec-style", settings, alias="champion")
 
 
 def _corpus_run(server, model: str) -> dict[str, object]:

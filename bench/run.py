@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "tuning": "bench.tuning",
     "catalog_updates": "bench.reindex",
     "distributed": "bench.distributed",
+    "index": "bench.index",
     "robustness": "bench.robustness",
     "pipeline": "bench.pipeline",
 }

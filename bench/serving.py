@@ -1,7 +1,11 @@
 """Serving latency and throughput: single-image requests to `simrec serve` (bearer token,
-guard, MLflow scoring app), beside in-process `predict` on the same inputs and plain
-`mlflow models serve` of the same registered model; then a 60-second run at concurrency 8
-with the error count and the server's memory before and after.
+guard, micro-batching), beside in-process `predict` on the same inputs and plain
+`mlflow models serve` of the same registered model, side by side in one run at concurrency
+1, 8 and 32; then a 60-second run at concurrency 8 with the error count and the server's
+memory before and after.
+
+Goals (issue 14): at concurrency 8, ≥ 4× the requests/s of `mlflow models serve` with a p99
+no worse; at concurrency 1, a p50 ≤ 1.5× in-process `predict`.
 
 The model is the default architecture trained briefly in the benchmark itself (latency does
 not depend on how well it is trained); the index is the full 60 000-image train split.
@@ -47,7 +51,7 @@ QUICK_TRAINING = {
     "train.validation_queries": 500,
 }
 QUERY_IMAGES = 200  # distinct test-split images, cycled through
-REQUESTS = {1: 300, 8: 800}  # per measurement, by concurrency
+REQUESTS = {1: 300, 8: 800, 32: 1600}  # per measurement, by concurrency
 WARMUP_REQUESTS = 20
 SOAK_SECONDS = 60
 SOAK_CONCURRENCY = 8
@@ -119,7 +123,7 @@ class HttpCaller:
 
 def _measure(call: Callable[[int], bool]) -> dict[str, dict[str, float]]:
     _load(call, WARMUP_REQUESTS, 1)
-    return {f"c{c}": _load(call, REQUESTS[c], c) for c in (1, 8)}
+    return {f"c{c}": _load(call, count, c) for c, count in REQUESTS.items()}
 
 
 def _rss_mb(pid: int) -> float:
@@ -199,7 +203,26 @@ def _prepare(settings: Settings) -> tuple[str, list[bytes]]:
     return packaged.registry_uri, tests.slice(0, QUERY_IMAGES).column("image").to_pylist()
 
 
+def _batching(text: str) -> dict[str, float]:
+    """Model calls and requests per call, from the server's own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    calls = values.get("simrec_batch_requests_count", 0.0)
+    requests = values.get("simrec_batch_requests_sum", 0.0)
+    return {
+        "model_calls": calls,
+        "requests": requests,
+        "mean_requests_per_call": round(requests / calls, 2) if calls else 0.0,
+    }
+
+
 def main(overrides: list[str]) -> dict[str, object]:
+    load_before = os.getloadavg()[0]
     shutil.rmtree(WORKSPACE, ignore_errors=True)
     WORKSPACE.mkdir(parents=True)
     settings = load_settings(
@@ -245,6 +268,7 @@ def main(overrides: list[str]) -> dict[str, object]:
         guarded = _measure(call)
         unauthorized = HttpCaller(url, bodies[:1], "wrong-token")(0)
         soak = _soak(call, pid)
+        batching = _batching(httpx.get(f"{url}/metrics", timeout=10).text)
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -264,8 +288,19 @@ def main(overrides: list[str]) -> dict[str, object]:
         for concurrency, numbers in measured.items():
             for metric in ("p50_ms", "p99_ms", "throughput_rps"):
                 summary[f"{name}_{concurrency}_{metric}"] = numbers[metric]
+    c8_ratio = guarded["c8"]["throughput_rps"] / plain["c8"]["throughput_rps"]
+    c1_ratio = guarded["c1"]["p50_ms"] / in_process["c1"]["p50_ms"]
     summary.update(
         {
+            "goal_c8_rps_vs_mlflow": round(c8_ratio, 2),
+            "goal_c8_p99_no_worse_than_mlflow": guarded["c8"]["p99_ms"] <= plain["c8"]["p99_ms"],
+            "goal_c1_p50_vs_in_process": round(c1_ratio, 2),
+            "goals_met": bool(
+                c8_ratio >= 4
+                and guarded["c8"]["p99_ms"] <= plain["c8"]["p99_ms"]
+                and c1_ratio <= 1.5
+            ),
+            "mean_requests_per_model_call": batching["mean_requests_per_call"],
             "soak_60s_c8_requests": soak["requests"],
             "soak_60s_c8_errors": soak["errors"],
             "soak_60s_c8_p99_ms": soak["p99_ms"],
@@ -280,12 +315,18 @@ def main(overrides: list[str]) -> dict[str, object]:
         "mlflow_serve": plain,
         "soak": soak,
         "wrong_token_rejected": not unauthorized,
+        "batching": batching,
         "setup": {
             "requests": "single image (a 28×28 Fashion-MNIST test PNG), k=5, thumbnails on",
             "index": "flat inner-product, full train split (60 000 items)",
             "model": "default architecture, trained briefly here: latency only, not quality",
             "load": "thread pool in the benchmark process, keep-alive httpx clients, loopback",
             "servers": "one uvicorn worker each, access log on (the defaults)",
+            "batching": {
+                key: getattr(settings.serving, key)
+                for key in ("batch_max_rows", "batch_max_wait_ms", "queue_max_requests")
+            },
+            "machine_load": f"1-minute load average before the run: {load_before:.1f}",
             "overrides": {**QUICK_TRAINING, **dict(o.split("=", 1) for o in overrides)},
         },
     }

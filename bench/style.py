@@ -87,9 +87,7 @@ def main(overrides: list[str]) -> dict[str, object]:
 
     selected = select_style(settings, lake)
     with mlflow.start_run(run_id=selected.run_id):
-        uri = log_style_pyfunc(
-            selected.folder, "simrec-style", settings.style.n, settings.style.max_n, "champion"
-        )
+        uri = log_style_pyfunc(selected.folder, "simrec-style", settings, alias="champion")
     model = mlflow.pyfunc.load_model(uri)
     figures = heldout_figures(selected.run_id)  # what the registered model's run recorded
     images = _query_images(lake, settings.lake.items_table, max(BATCHES))

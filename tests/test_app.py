@@ -72,8 +72,7 @@ def store(tmp_path_factory, make_settings):
         log_style_pyfunc(
             bundle_folder(built.run_id),
             settings.promotion.style_registered_model,
-            settings.style.n,
-            settings.style.max_n,
+            settings,
             alias=settings.serving.alias,
         )
 

@@ -24,6 +24,7 @@ DOCKERFILE = REPO / "Dockerfile"
 K8S = REPO / "deploy" / "k8s"
 KUBERNETES_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
 TARGETS = {"server": "/ping", "app": "/_stcore/health"}  # image target -> health path
+READINESS = {"server": "/health"}  # readiness differs from liveness: the model answers
 
 
 # ---------------------------------------------------------------- Dockerfile model
@@ -309,7 +310,8 @@ def test_ports_agree_from_process_to_service(stages, resources, target: str) -> 
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         check = container[probe]["httpGet"]
         assert container_ports.get(check["port"], check["port"]) == port, (target, probe)
-        assert check["path"] == TARGETS[target], (target, probe)
+        expected = READINESS.get(target, TARGETS[target]) if probe == "readinessProbe" else None
+        assert check["path"] == (expected or TARGETS[target]), (target, probe)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     services = [
         s
@@ -508,3 +510,17 @@ def test_configured_ports_match_the_images(stages) -> None:
             assert values["port"] == ports["server"], section
         elif section.startswith(("app", "streamlit")):
             assert values["port"] == ports["app"], section
+
+
+def test_server_pods_are_scraped_for_metrics(resources) -> None:
+    """Prometheus finds /metrics on the server's own port through the pod annotations."""
+    (server,) = [
+        d
+        for d in _of_kind(resources, "Deployment").values()
+        if _target_of(_container(d)) == "server"
+    ]
+    annotations = server["spec"]["template"]["metadata"]["annotations"]
+    port = _container(server)["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == port

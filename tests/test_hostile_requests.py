@@ -25,7 +25,6 @@ import pytest
 from PIL import Image
 
 import simrec
-from simrec.index.build import build_catalog_index
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.tables import Lakehouse
 from simrec.model.train import train
@@ -77,8 +76,7 @@ def store(fashion_lake, tmp_path_factory, make_settings):
         root, **{"lake.root": str(lake.root), "train.epochs": 1, "train.steps_per_epoch": 20}
     )
     trained = train(settings, lake, table)
-    build_catalog_index(settings, lake, trained.run_id)
-    package_run(settings, lake, trained.run_id)
+    package_run(settings, lake, trained.run_id, force=True)  # served, not gated, here
 
     source = root / "ikea"
     shutil.copytree(IKEA_DIR / "text_data", source / "text_data")
@@ -88,7 +86,7 @@ def store(fashion_lake, tmp_path_factory, make_settings):
     ingest_catalog(ikea_lake, style_settings.catalog, style_settings.lake, source_dir=source)
     built = build_style(style_settings, ikea_lake)
     with mlflow.start_run(run_id=built.run_id):
-        log_style_pyfunc(built.folder, "simrec-style", alias="champion")
+        log_style_pyfunc(built.folder, "simrec-style", style_settings, alias="champion")
     token = secrets.token_urlsafe(24)
     token_file = root / "token"
     token_file.write_text(token)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from simrec.cli import app
-from simrec.config import PromotionSettings
+from simrec.config import configured_section
 from simrec.evaluation.bundle import load_search_model, score_bundle
 from simrec.evaluation.queries import query_set_for
 from simrec.model.train import train
@@ -148,11 +148,8 @@ def test_package_no_promote_stays_challenger(registry) -> None:
     ],
 )
 def test_decide(challenger, baseline, champion, passes) -> None:
-    rules = PromotionSettings(
-        challenger_alias="challenger",
-        metric="recall_at_1",
-        min_margin_over_baseline=0.01,
-        max_regression=0.005,
+    rules = configured_section(
+        "promotion", metric="recall_at_1", min_margin_over_baseline=0.01, max_regression=0.005
     )
     decision = decide("recall_at_1", challenger, baseline, champion, 1, rules)
     assert decision.passed is passes

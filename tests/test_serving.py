@@ -167,8 +167,10 @@ def test_package_has_lineage_signature_example_and_alias(packaged, model) -> Non
     assert lineage["index_size"] == 3000
 
     inputs = {spec.name: spec for spec in model.metadata.get_input_schema().inputs}
-    assert inputs["image"].required and not inputs["k"].required
-    assert [p.name for p in model.metadata.get_params_schema().params] == ["thumbnails"]
+    assert set(inputs) == {"image", "item_id", "k", "categories", "labels", "exclude_ids"}
+    assert not any(spec.required for spec in inputs.values())  # the contract checks rows
+    params = [p.name for p in model.metadata.get_params_schema().params]
+    assert params == ["categories", "labels", "exclude_ids", "thumbnails"]
     assert isinstance(model.input_example, pd.DataFrame) and len(model.input_example) == 2
 
     client = mlflow.MlflowClient()
@@ -268,10 +270,10 @@ def bad_requests(images: dict[str, bytes]) -> dict[str, tuple[object, int, str]]
         "truncated image": (split([[b64(stored[: len(stored) // 2]), 3]]), 400, "truncated"),
         "decompression bomb": (split([[b64(png_bomb()), 3]]), 400, "pixels"),
         "image not a string": (split([[12345, 3]]), 400, "expected a base64 string"),
-        "image null": (split([[None, 3]]), 400, "expected a base64 string"),
+        "image null": (split([[None, 3]]), 400, "exactly one of 'image' or 'item_id'"),
         "empty frame": (split([]), 400, "no queries"),
         "empty records": ({"dataframe_records": []}, 400, "image"),
-        "missing column": (split([[3]], ("k",)), 400, "missing column(s) ['image']"),
+        "missing column": (split([[3]], ("k",)), 400, "expected a column 'image'"),
         "extra column": (split([[good, 3, "x"]], ("image", "k", "colour")), 400, "unknown column"),
         "k a string": (split([[good, "five"]]), 400, "must hold integers"),
         "k a fraction": (split([[good, 2.5]]), 400, "must hold integers"),

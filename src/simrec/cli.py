@@ -748,6 +748,7 @@ def serve(
         limits=RequestLimits.from_settings(serving),
         max_drain_bytes=serving.max_drain_bytes,
         shutdown_seconds=serving.shutdown_seconds,
+        serving=serving,
     )
 
 

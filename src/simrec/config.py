@@ -281,6 +281,15 @@ class ServingSettings(_Section):
     registered_model: str
     alias: str
     client_timeout_s: float
+    # Micro-batching, overload, readiness, registry follow (values: conf/simrec.yaml only).
+    batch_max_rows: int = Field(gt=0)
+    batch_max_wait_ms: float = Field(ge=0)
+    queue_max_requests: int = Field(gt=0)
+    request_timeout_s: float = Field(gt=0)
+    retry_after_s: int = Field(ge=0)
+    reload_seconds: float = Field(ge=0)
+    health_interval_s: float = Field(gt=0)
+    metrics_open: bool
 
 
 class AppSettings(_Section):

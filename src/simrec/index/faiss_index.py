@@ -113,8 +113,51 @@ class EmbeddingIndex:
         """Ids of the items currently searchable (removed ones excluded), in key order."""
         return [item_id for item_id, _ in sorted(self._key_of.items(), key=lambda pair: pair[1])]
 
-    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ids (object array, None where fewer than k items) and distances, both (n, k)."""
+    def _lookup(self) -> np.ndarray:
+        """key → item id (None past the end), built once per id list: rebuilding it per
+        search cost more than the search itself on a large catalog."""
+        cached = getattr(self, "_lookup_ids", None)
+        if cached is None or len(cached) != len(self.item_ids) + 1:
+            cached = self._lookup_ids = np.asarray(self.item_ids + [None], dtype=object)
+        return cached
+
+    def key_of(self, item_id: str) -> int | None:
+        """The faiss key of a searchable item, None when the index does not hold it."""
+        return self._key_of.get(str(item_id))
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """The stored vectors of items by key, (len(keys), dim) float32."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(keys) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.settings.kind == "ivf":  # IVF lists need a key → position map to reconstruct
+            base = faiss.extract_index_ivf(self._index.index)
+            if base.direct_map.type == faiss.DirectMap.NoMap:
+                base.make_direct_map()
+        return np.vstack([self._index.reconstruct(int(key)) for key in keys]).astype(np.float32)
+
+    def _search_parameters(self, among: np.ndarray) -> faiss.SearchParameters:
+        """faiss parameters restricting a search to the keys `among`, keeping the kind's own
+        search settings (faiss refuses generic parameters for HNSW and IVF)."""
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+        if self.settings.kind == "hnsw":
+            base = faiss.downcast_index(self._index.index)
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)
+        elif self.settings.kind == "ivf":
+            base = faiss.extract_index_ivf(self._index.index)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=base.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        params.simrec_selector = selector  # faiss holds a raw pointer: keep the selector alive
+        return params
+
+    def search(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids (object array, None where fewer than k items) and distances, both (n, k).
+
+        `among` (keys) restricts the search to those items, inside faiss (an IDSelector), so
+        an exact index returns k of them whenever it holds k."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {embeddings.shape}")
@@ -122,12 +165,15 @@ class EmbeddingIndex:
             raise ValueError(f"k must be positive, got {k}")
         if len(self) == 0:
             raise ValueError("the index is empty")
-        scores, keys = self._index.search(embeddings, k)
+        if among is None:
+            scores, keys = self._index.search(embeddings, k)
+        else:
+            scores, keys = self._index.search(embeddings, k, params=self._search_parameters(among))
         if self.settings.metric == "ip":
             distances = 1.0 - scores
         else:
             distances = np.sqrt(np.maximum(scores, 0.0))
-        lookup = np.asarray(self.item_ids + [None], dtype=object)
+        lookup = self._lookup()
         ids = lookup[np.where(keys < 0, len(self.item_ids), keys)]
         distances = np.where(keys < 0, np.inf, distances).astype(np.float32)
         return ids, distances

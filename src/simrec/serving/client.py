@@ -1,4 +1,6 @@
-"""What shops call: `SimrecClient(url, token).similar(image, k=5)` against `simrec serve`.
+"""What shops call: `SimrecClient(url, token).similar(image, k=5)` against `simrec serve`, or
+`similar_to_item(item_id, k=5)` for "more like this catalog item"; both take the filters
+`categories`, `labels` (keep only these) and `exclude_ids`.
 
 Results are typed (`SimilarItem`, thumbnails decoded to PIL images); failures raise
 `AuthenticationError` (401), `RequestRejectedError` (other 4xx, with the server's message),
@@ -20,6 +22,7 @@ from PIL import Image
 ImageInput = bytes | str | Path | Image.Image
 
 INVOCATIONS = "/invocations"
+VERSION = "/version"
 # The column shown as an item's label, first present wins (fashion: label_name, furniture:
 # category); every column is also in `SimilarItem.metadata`.
 DISPLAY_LABEL_COLUMNS = ("label_name", "category", "label")
@@ -90,8 +93,20 @@ def _item(row: dict[str, Any]) -> SimilarItem:
     )
 
 
+def _filters(
+    categories: Sequence[str] | None,
+    labels: Sequence[str] | None,
+    exclude_ids: Sequence[str] | None,
+) -> dict[str, list[str]]:
+    given = {"categories": categories, "labels": labels, "exclude_ids": exclude_ids}
+    return {name: [str(v) for v in values] for name, values in given.items() if values}
+
+
 class SimrecClient:
-    """A connection to one simrec server (`url` without the /invocations path)."""
+    """A connection to one simrec server (`url` without the /invocations path).
+
+    Batches above the server's limit (`max_batch_size`, else what its /version reports) are
+    sent as several requests."""
 
     def __init__(
         self,
@@ -99,6 +114,7 @@ class SimrecClient:
         token: str,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        max_batch_size: int | None = None,
     ):
         base = url.rstrip("/")
         base = base.removesuffix(INVOCATIONS)
@@ -108,6 +124,7 @@ class SimrecClient:
             timeout=timeout,
             transport=transport,
         )
+        self._batch_limit = max_batch_size
 
     def __enter__(self) -> SimrecClient:
         return self
@@ -124,24 +141,75 @@ class SimrecClient:
         except httpx.HTTPError:
             return False
 
-    def similar(self, image: ImageInput, k: int = 5, thumbnails: bool = True) -> list[SimilarItem]:
-        """The k catalog items most similar to `image` (bytes, a file path or a PIL image)."""
-        return self.similar_batch([image], k, thumbnails)[0]
+    def similar(
+        self,
+        image: ImageInput,
+        k: int = 5,
+        thumbnails: bool = True,
+        categories: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+    ) -> list[SimilarItem]:
+        """The k catalog items most similar to `image` (bytes, a file path or a PIL image),
+        among the `categories` / `labels` given and never one of `exclude_ids`."""
+        return self.similar_batch([image], k, thumbnails, categories, labels, exclude_ids)[0]
+
+    def similar_to_item(
+        self,
+        item_id: str,
+        k: int = 5,
+        thumbnails: bool = True,
+        categories: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+    ) -> list[SimilarItem]:
+        """The k catalog items most similar to catalog item `item_id` (never itself)."""
+        filters = _filters(categories, labels, exclude_ids)
+        rows = [{"item_id": str(item_id), "k": k}]
+        return self._similar(rows, thumbnails, filters)[0]
 
     def similar_batch(
-        self, images: Sequence[ImageInput], k: int = 5, thumbnails: bool = True
+        self,
+        images: Sequence[ImageInput],
+        k: int = 5,
+        thumbnails: bool = True,
+        categories: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
     ) -> list[list[SimilarItem]]:
-        """One request for several query images; one result list per image, in order."""
+        """Several query images, one result list per image, in order; as many requests as
+        the server's batch limit needs."""
         payloads = [base64.b64encode(image_bytes(image)).decode("ascii") for image in images]
-        request = {
-            "dataframe_split": {"columns": ["image", "k"], "data": [[p, k] for p in payloads]},
-            "params": {"thumbnails": thumbnails},
-        }
-        rows = self._invoke(request)["predictions"]
-        results: list[list[SimilarItem]] = [[] for _ in images]
-        for row in rows:
-            results[int(row["query"])].append(_item(row))
-        return [sorted(items, key=lambda item: item.rank) for items in results]
+        rows = [{"image": payload, "k": k} for payload in payloads]
+        return self._similar(rows, thumbnails, _filters(categories, labels, exclude_ids))
+
+    def batch_limit(self) -> int | None:
+        """The server's queries-per-request limit (from /version), None when it says none."""
+        if self._batch_limit is None:
+            try:
+                response = self._http.get(VERSION)
+                limits = response.json().get("limits", {}) if response.status_code == 200 else {}
+                self._batch_limit = int(limits.get("max_batch_size", 0))
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+                self._batch_limit = 0
+        return self._batch_limit or None
+
+    def _similar(
+        self, rows: list[dict[str, Any]], thumbnails: bool, filters: dict[str, list[str]]
+    ) -> list[list[SimilarItem]]:
+        limit = self.batch_limit() or max(len(rows), 1)
+        results: list[list[SimilarItem]] = []
+        for start in range(0, len(rows), limit):
+            chunk = rows[start : start + limit]
+            request = {
+                "dataframe_records": chunk,
+                "params": {"thumbnails": thumbnails, **filters},
+            }
+            found: list[list[SimilarItem]] = [[] for _ in chunk]
+            for row in self._invoke(request)["predictions"]:
+                found[int(row["query"])].append(_item(row))
+            results.extend(sorted(items, key=lambda item: item.rank) for items in found)
+        return results
 
     def predict(
         self, records: list[dict[str, Any]], params: dict[str, Any] | None = None

@@ -27,7 +27,6 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 from mlflow.models.signature import ModelSignature
 from mlflow.pyfunc import PythonModelContext
-from mlflow.types.schema import ColSpec, Schema
 from PIL import Image
 
 import simrec
@@ -45,6 +44,7 @@ from simrec.serving.bundle import (
     resolve_version,
     saved_model_embedder,
 )
+from simrec.serving.contract import params_schema, request_schema
 from simrec.serving.pyfunc import (
     EMBEDDING_MODEL_ARTIFACT,
     IMAGE_COLUMN,
@@ -54,7 +54,6 @@ from simrec.serving.pyfunc import (
     K_COLUMN,
     THUMBNAIL_COLUMN,
     THUMBNAILS_ARTIFACT,
-    THUMBNAILS_PARAM,
     BundleConfig,
     EmbeddingSearchModel,
     ImageSearchModel,
@@ -158,19 +157,16 @@ def query_frame(images: list[bytes], ks: list[int] | None = None) -> pd.DataFram
 
 
 def bundle_signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
-    """Inferred from a real example and its real output; `k` is then marked optional (one
-    example always has it, but requests may leave it out to get the default)."""
+    """Outputs inferred from a real example's real output; inputs and params are the request
+    contract's (`simrec.serving.contract`): an image or an item id per row, optional k and
+    filters."""
     with warnings.catch_warnings():
         # "integer columns cannot hold missing values": true, and k is never missing in a
         # row; it is left out as a whole column or given (the server rejects anything else).
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(example, output, params={THUMBNAILS_PARAM: True})
-    signature.inputs = Schema(
-        [
-            ColSpec(spec.type, spec.name, required=spec.name != K_COLUMN)
-            for spec in signature.inputs.inputs
-        ]
-    )
+        signature = infer_signature(example, output)
+    signature.inputs = request_schema()
+    signature.params = params_schema()
     return signature
 
 

@@ -1,17 +1,18 @@
 """The deployable model: an `mlflow.pyfunc` wrapper around an image-embedding model and its faiss
 index, with the item metadata and thumbnails bundled as artifacts.
 
-Request: a DataFrame with a string column `image` (base64 of a PNG/JPEG of any size or mode)
-and an optional integer column `k`. Response: one row per (query, rank) with the item id,
-the distance, every metadata column of the bundled items table and, unless the `thumbnails`
-param is false, a base64 PNG thumbnail.
+Request: simrec's request contract (`simrec.serving.contract`): per row an `image` (base64 of
+a PNG/JPEG of any size or mode) or a catalog `item_id`, an optional `k`, and filters
+(`categories` / `labels` to keep, `exclude_ids`) per row or in `params`. Response: one row
+per (query, rank) with the item id, the distance, every metadata column of the bundled items
+table and, unless the `thumbnails` param is false, a base64 PNG thumbnail.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import re
+import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,27 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pydantic import BaseModel, ConfigDict
 
-from simrec.images import DEFAULT_FORMATS, InvalidImageError, open_image, to_array
+from simrec.images import DEFAULT_FORMATS
 from simrec.index.faiss_index import EmbeddingIndex, IndexMismatchError
+from simrec.serving.contract import (
+    CATEGORIES,
+    IMAGE_COLUMN,
+    K_COLUMN,
+    LABELS,
+    THUMBNAILS_PARAM,
+    InvalidQueryError,
+    ParsedRequest,
+    Query,
+    decode_image,
+    parse_request,
+)
 
-IMAGE_COLUMN = "image"
-K_COLUMN = "k"
-THUMBNAILS_PARAM = "thumbnails"
+log = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_COLUMN", "K_COLUMN", "THUMBNAILS_PARAM", "InvalidQueryError"]
+
 THUMBNAIL_COLUMN = "thumbnail"
 RESULT_COLUMNS = ("query", "rank", "item_id", "distance")
 
@@ -39,16 +51,8 @@ ITEMS_ARTIFACT = "items"
 THUMBNAILS_ARTIFACT = "thumbnails"
 
 ITEM_ID_COLUMN = "id"
-MAX_LISTED_PROBLEMS = 5
-_DATA_URL_PREFIX = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(rb"\s+")
-
-
-class InvalidQueryError(MlflowException):
-    """A request the model cannot answer; MLflow's scoring server turns it into a 400."""
-
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+# The items-table column each keep-filter matches, first present wins.
+FILTER_COLUMNS = {CATEGORIES: ("category",), LABELS: ("label_name", "label")}
 
 
 class BundleConfig(BaseModel):
@@ -69,61 +73,40 @@ class BundleConfig(BaseModel):
 
 def decode_query_image(text: object, position: int, config: BundleConfig) -> np.ndarray:
     """One base64 image string → uint8 pixels (size, size, channels); InvalidImageError else."""
-    source = f"image {position}"
-    if not isinstance(text, str):
-        raise InvalidImageError(
-            f"{source}: expected a base64 string, got {type(text).__name__} {str(text)[:40]!r}"
-        )
-    text = _DATA_URL_PREFIX.sub("", text, count=1)
-    payload = _WHITESPACE.sub(b"", text.encode("ascii", "replace"))
-    try:
-        image_bytes = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidImageError(f"{source}: not valid base64 ({error})") from error
-    image = open_image(image_bytes, source, config.max_image_pixels, config.image_formats)
-    try:
-        return to_array(image, config.image_size, config.channels)
-    except (OSError, ValueError) as error:
-        raise InvalidImageError(f"{source}: cannot convert {image.mode} image ({error})") from error
-
-
-def query_ks(frame: pd.DataFrame, config: BundleConfig) -> list[int]:
-    """The k of every query row: the `k` column where given, else the configured default."""
-    if K_COLUMN not in frame.columns:
-        return [config.default_k] * len(frame)
-    ks, problems = [], []
-    for position, value in enumerate(frame[K_COLUMN].tolist()):
-        is_integer = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-        if not is_integer and isinstance(value, float | np.floating) and float(value).is_integer():
-            is_integer, value = True, int(value)
-        if not is_integer:
-            problems.append(f"k in row {position} must be an integer, got {value!r}")
-        elif not 1 <= value <= config.max_k:
-            problems.append(f"k in row {position} must be from 1 to {config.max_k}, got {value}")
-        else:
-            ks.append(int(value))
-    if problems:
-        raise InvalidQueryError(_listing(problems))
-    return ks
-
-
-def _listing(problems: Sequence[str]) -> str:
-    shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-    more = len(problems) - MAX_LISTED_PROBLEMS
-    return shown + (f"; and {more} more" if more > 0 else "")
+    pixels, _ = decode_image(
+        text,
+        position,
+        config.max_image_pixels,
+        config.image_size,
+        config.channels,
+        config.image_formats,
+    )
+    return pixels
 
 
 class ImageSearchModel(mlflow.pyfunc.PythonModel):
-    """Request validation, image decoding and result rows shared by simrec's image-search models.
+    """Request validation, search and result rows shared by simrec's image-search models.
 
     A subclass loads its searcher in `load_searcher` (returning the ids it can return) and
-    answers `search(pixels, k) -> (item ids (n, k) object array, distances (n, k))`.
+    answers `embed(pixels)`, `item_vectors(keys)` and `search_embeddings(vectors, k, among)`
+    with `index` its EmbeddingIndex.
+
+    `predict` = `answer([parse(...)])`: the server's micro-batcher validates each request on
+    its own (`parse`) and answers many at once (`answer`: one embedding call, one search per
+    filter), so a bad request never fails the requests batched with it.
     """
+
+    index: EmbeddingIndex
 
     def load_searcher(self, context: mlflow.pyfunc.PythonModelContext) -> list[str]:
         raise NotImplementedError
 
-    def search(self, pixels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def search_embeddings(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     # -- loading ----------------------------------------------------------------------------
@@ -144,9 +127,20 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
             raise IndexMismatchError(f"the items table has no {ITEM_ID_COLUMN!r} column")
         item_ids = items[ITEM_ID_COLUMN].astype(str).tolist()
         _check_same_ids("items table", item_ids, "index", searchable_ids)
+        self._item_ids = item_ids
         self._position = {item_id: position for position, item_id in enumerate(item_ids)}
         self._metadata = {
             column: items[column].to_numpy() for column in items.columns if column != ITEM_ID_COLUMN
+        }
+        # Each item's faiss key, by position; and the values each keep-filter matches.
+        self._keys = np.asarray([self.index.key_of(i) for i in item_ids], dtype=np.int64)
+        self._filter_values: dict[str, np.ndarray] = {}
+        for name, candidates in FILTER_COLUMNS.items():
+            column = next((c for c in candidates if c in self._metadata), None)
+            if column is not None:
+                self._filter_values[name] = self._metadata[column].astype(str)
+        self._known_values = {
+            name: frozenset(values.tolist()) for name, values in self._filter_values.items()
         }
         self._thumbnails = None
         if thumbnails is not None:
@@ -165,6 +159,15 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
         positions = np.asarray([self._position[item_id] for item_id in item_ids], dtype=np.int64)
         return self._metadata[column][positions]
 
+    @property
+    def probe_item_id(self) -> str:
+        """A catalog item the server's readiness self-query asks about."""
+        return self._item_ids[0]
+
+    @property
+    def index_size(self) -> int:
+        return len(self.index)
+
     # -- predicting -------------------------------------------------------------------------
     def predict(
         self,
@@ -172,60 +175,124 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        pixels, ks = self.parse_queries(model_input)
-        item_ids, distances = self.search(pixels, max(ks))
-        with_thumbnails = bool((params or {}).get(THUMBNAILS_PARAM, True))
-        return self._result_rows(item_ids, distances, ks, with_thumbnails)
+        return self.answer([self.parse(model_input, params)])[0]
 
-    def parse_queries(self, model_input: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
-        """Validated pixels (n, size, size, channels) and the k of each query."""
-        if not isinstance(model_input, pd.DataFrame):
-            raise InvalidQueryError(
-                f"expected a DataFrame with columns {IMAGE_COLUMN!r} and optional {K_COLUMN!r}, "
-                f"got {type(model_input).__name__}"
-            )
-        unknown = [c for c in model_input.columns if c not in (IMAGE_COLUMN, K_COLUMN)]
-        if IMAGE_COLUMN not in model_input.columns or unknown:
-            raise InvalidQueryError(
-                f"expected columns {IMAGE_COLUMN!r} (base64 image) and optionally {K_COLUMN!r} "
-                f"(integer), got {list(model_input.columns)}"
-            )
-        if len(model_input) == 0:
-            raise InvalidQueryError("the request holds no queries: send at least one image")
-        if len(model_input) > self.config.max_batch_size:
-            raise InvalidQueryError(
-                f"{len(model_input)} queries in one request; the limit is "
-                f"{self.config.max_batch_size}"
-            )
-        ks = query_ks(model_input, self.config)
-        arrays, problems = [], []
-        for position, text in enumerate(model_input[IMAGE_COLUMN].tolist()):
-            try:
-                arrays.append(decode_query_image(text, position, self.config))
-            except InvalidImageError as error:
-                problems.append(str(error))
-        if problems:
-            raise InvalidQueryError(_listing(problems))
-        return np.stack(arrays), ks
+    def parse(self, model_input: object, params: dict[str, Any] | None = None) -> ParsedRequest:
+        """The request validated against the contract (InvalidQueryError otherwise)."""
+        return parse_request(
+            model_input,
+            params,
+            self.config,
+            self.config.image_size,
+            self.config.channels,
+            self._known_values,
+            self._position,
+        )
+
+    def answer(self, requests: list[ParsedRequest]) -> list[pd.DataFrame]:
+        """Result rows of each request: every image of every request embedded in one call,
+        one filtered search per distinct keep-filter."""
+        queries = [query for request in requests for query in request.queries]
+        vectors = self._query_vectors(queries)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for number, query in enumerate(queries):
+            groups[query.keep].append(number)
+        found: list[list[tuple[str, float]]] = [[] for _ in queries]
+        for keep, numbers in groups.items():
+            among = self._eligible_keys(*keep)
+            results = self._search_group([queries[n] for n in numbers], vectors[numbers], among)
+            for number, result in zip(numbers, results, strict=True):
+                found[number] = result
+        frames, start = [], 0
+        for request in requests:
+            stop = start + len(request.queries)
+            frames.append(self._result_rows(found[start:stop], request.thumbnails))
+            start = stop
+        return frames
+
+    def _query_vectors(self, queries: list[Query]) -> np.ndarray:
+        vectors = np.zeros((len(queries), self.index.dim), dtype=np.float32)
+        images = [n for n, query in enumerate(queries) if query.pixels is not None]
+        if images:
+            vectors[images] = self.embed(np.stack([queries[n].pixels for n in images]))
+        items = [n for n, query in enumerate(queries) if query.item_id is not None]
+        if items:
+            keys = [self._keys[self._position[queries[n].item_id]] for n in items]
+            vectors[items] = self.index.vectors(np.asarray(keys, dtype=np.int64))
+        return vectors
+
+    def _eligible_keys(
+        self, categories: tuple[str, ...] | None, labels: tuple[str, ...] | None
+    ) -> np.ndarray | None:
+        """faiss keys of the items the keep-filters allow; None when nothing is filtered."""
+        if categories is None and labels is None:
+            return None
+        mask = np.ones(len(self._keys), dtype=bool)
+        for name, names in ((CATEGORIES, categories), (LABELS, labels)):
+            if names is not None:
+                mask &= np.isin(self._filter_values[name], list(names))
+        return self._keys[mask]
+
+    def _search_group(
+        self, queries: list[Query], vectors: np.ndarray, among: np.ndarray | None
+    ) -> list[list[tuple[str, float]]]:
+        """(item id, distance) lists of queries sharing keep-filters: filtered inside faiss,
+        exclusions over-fetched, and an exact search over the eligible items for any query an
+        approximate index answered with fewer than k of them."""
+        eligible = len(self._keys) if among is None else len(among)
+        if eligible == 0:
+            return [[] for _ in queries]
+        excluded = [self._excluded_keys(query, among) for query in queries]
+        fetch = min(eligible, max(q.k + len(e) for q, e in zip(queries, excluded, strict=True)))
+        ids, distances = self.search_embeddings(vectors, fetch, among)
+        results = []
+        for row, query in enumerate(queries):
+            drop = query.excluded()
+            kept = [
+                (item_id, float(distance))
+                for item_id, distance in zip(ids[row], distances[row], strict=True)
+                if item_id is not None and item_id not in drop
+            ][: query.k]
+            wanted = min(query.k, eligible - len(excluded[row]))
+            if len(kept) < wanted:
+                log.debug("query %d: %d of %d results; exact search", row, len(kept), wanted)
+                kept = self._exact(vectors[row], query, among, excluded[row])
+            results.append(kept)
+        return results
+
+    def _excluded_keys(self, query: Query, among: np.ndarray | None) -> np.ndarray:
+        positions = [self._position[i] for i in query.excluded() if i in self._position]
+        keys = self._keys[positions]
+        return keys if among is None else keys[np.isin(keys, among)]
+
+    def _exact(
+        self, vector: np.ndarray, query: Query, among: np.ndarray | None, excluded: np.ndarray
+    ) -> list[tuple[str, float]]:
+        keys = self._keys if among is None else among
+        keys = keys[~np.isin(keys, excluded)]
+        stored = self.index.vectors(keys)
+        if self.index.settings.metric == "ip":
+            distances = 1.0 - stored @ vector
+        else:
+            distances = np.sqrt(np.maximum(((stored - vector) ** 2).sum(axis=1), 0.0))
+        order = np.argsort(distances, kind="stable")[: query.k]
+        return [(self.index.item_ids[keys[n]], float(distances[n])) for n in order]
 
     def _result_rows(
-        self, item_ids: np.ndarray, distances: np.ndarray, ks: list[int], with_thumbnails: bool
+        self, found: list[list[tuple[str, float]]], with_thumbnails: bool
     ) -> pd.DataFrame:
-        queries, ranks, found, found_distances = [], [], [], []
-        for query, k in enumerate(ks):
-            for rank in range(k):
-                item_id = item_ids[query, rank]
-                if item_id is None:  # the index holds fewer than k items
-                    break
+        queries, ranks, item_ids, found_distances = [], [], [], []
+        for query, results in enumerate(found):
+            for rank, (item_id, distance) in enumerate(results):
                 queries.append(query)
                 ranks.append(rank + 1)
-                found.append(item_id)
-                found_distances.append(float(distances[query, rank]))
-        positions = np.asarray([self._position[item_id] for item_id in found], dtype=np.int64)
+                item_ids.append(item_id)
+                found_distances.append(distance)
+        positions = np.asarray([self._position[item_id] for item_id in item_ids], dtype=np.int64)
         rows: dict[str, Any] = {
             "query": np.asarray(queries, dtype=np.int64),
             "rank": np.asarray(ranks, dtype=np.int64),
-            "item_id": found,
+            "item_id": item_ids,
             "distance": np.asarray(found_distances, dtype=np.float64),
         }
         for column, values in self._metadata.items():
@@ -263,9 +330,12 @@ class EmbeddingSearchModel(ImageSearchModel):
         """Embeddings of uint8 pixels (n, size, size, channels) with the bundled model."""
         return self._embed(pixels).numpy()
 
-    def search_embeddings(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`search` for embeddings already computed (batch jobs embed in chunks, then search
-        many queries at once: faiss only uses BLAS from ~1000 queries of 128 dimensions)."""
+    def search_embeddings(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search embeddings already computed (`among`: only these faiss keys). Batch jobs
+        embed in chunks, then search many queries at once: faiss only uses BLAS from ~1000
+        queries of 128 dimensions."""
         import faiss
 
         # faiss's OpenMP threads only add contention when the server already answers
@@ -273,7 +343,7 @@ class EmbeddingSearchModel(ImageSearchModel):
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(self.config.search_threads)
         try:
-            return self.index.search(embeddings, k)
+            return self.index.search(embeddings, k, among)
         finally:
             faiss.omp_set_num_threads(previous)
 

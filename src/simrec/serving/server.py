@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from mlflow.types.schema import DataType, Schema
 
+from simrec.config import ServingSettings
 from simrec.serving.limits import LimitError, RequestLimits, check_budget, drain, parse_json
 from simrec.serving.shutdown import run_until_terminated
 from simrec.serving.tokens import TokenError
@@ -194,6 +195,15 @@ def _clean_error(status: int, body: bytes) -> bytes:
     return error_body(status, text)
 
 
+def _kept_headers(start: Message) -> list[tuple[bytes, bytes]]:
+    """Headers of an error response that survive its cleaning (Retry-After, model version)."""
+    return [
+        (key, value)
+        for key, value in start.get("headers", [])
+        if key.lower() == b"retry-after" or key.lower().startswith(b"x-simrec-")
+    ]
+
+
 class GuardedApp:
     """ASGI wrapper: bearer-token auth, body-size limit, request checks, clean JSON errors."""
 
@@ -205,10 +215,12 @@ class GuardedApp:
         input_schema: Schema | None = None,
         limits: RequestLimits | None = None,
         max_drain_bytes: int = 0,
+        open_paths: frozenset[str] = OPEN_PATHS,
     ):
         if not token:
             raise TokenError("an API token is required")
         self.app = app
+        self.open_paths = open_paths
         self._token = token.encode()
         self.max_body_bytes = max_body_bytes
         self.input_schema = input_schema
@@ -230,7 +242,7 @@ class GuardedApp:
         if scope["type"] != "http":  # websockets: nothing here speaks them
             await send({"type": "websocket.close", "code": 1008})
             return
-        if scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+        if scope["path"] not in self.open_paths and not self._authorized(scope):
             await send_json_error(
                 send,
                 401,
@@ -317,9 +329,9 @@ class GuardedApp:
                 held_body.append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                status, held = held["status"], None
-                started = True
-                await send_json(send, status, _clean_error(status, b"".join(held_body)))
+                status, kept = held["status"], _kept_headers(held)
+                held, started = None, True
+                await send_json(send, status, _clean_error(status, b"".join(held_body)), kept)
                 return
             await send(message)
 
@@ -335,16 +347,33 @@ def create_app(
     model: PyFuncModel,
     token: str,
     max_body_bytes: int,
+    serving: ServingSettings | None = None,
+    model_uri: str | None = None,
     limits: RequestLimits | None = None,
     max_drain_bytes: int = 0,
 ) -> GuardedApp:
-    """MLflow's scoring app for `model`, behind the guard."""
-    from mlflow.pyfunc import scoring_server
+    """`model` (a loaded pyfunc, or the URI to load and follow) behind simrec's endpoints
+    (`simrec.serving.endpoints`: micro-batching, /health, /version, /metrics), MLflow's
+    scoring app and the guard. `serving` defaults to the configuration's."""
+    from simrec.serving.endpoints import build_serving_app
 
-    schema = model.metadata.get_input_schema()
-    return GuardedApp(
-        scoring_server.init(model), token, max_body_bytes, schema, limits, max_drain_bytes
+    if serving is None:
+        from simrec.config import load_settings
+
+        serving = load_settings().serving
+    app = build_serving_app(model, serving, model_uri)
+    open_paths = OPEN_PATHS | ({"/metrics"} if serving.metrics_open else set())
+    guarded = GuardedApp(
+        app,
+        token,
+        max_body_bytes,
+        app.live.current.pyfunc.metadata.get_input_schema(),
+        limits,
+        max_drain_bytes,
+        frozenset(open_paths),
     )
+    guarded.serving_app = app
+    return guarded
 
 
 def serve(
@@ -354,17 +383,28 @@ def serve(
     port: int,
     max_body_bytes: int,
     log_level: str = "info",
+    serving: ServingSettings | None = None,
     limits: RequestLimits | None = None,
     max_drain_bytes: int = 0,
     shutdown_seconds: float | None = None,
 ) -> None:
-    """Load `model_uri` and serve it until interrupted (blocking); on SIGTERM, exit within
+    """Load `model_uri` and serve it until interrupted (blocking); a `models:/NAME@ALIAS`
+    URI is followed as the alias moves (`serving.reload_seconds`); on SIGTERM, exit within
     `shutdown_seconds` (None: wait for in-flight work, uvicorn's default)."""
-    import mlflow
     import uvicorn
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    app = create_app(model, token, max_body_bytes, limits, max_drain_bytes)
+    from simrec.serving.resources import available_cpus, size_tensorflow_threads
+
+    size_tensorflow_threads(available_cpus())  # before the model loads TensorFlow
+    app = create_app(
+        None,
+        token,
+        max_body_bytes,
+        serving,
+        model_uri,
+        limits=limits,
+        max_drain_bytes=max_drain_bytes,
+    )
     log.info("serving %s on http://%s:%d", model_uri, host, port)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)
     run_until_terminated(config, shutdown_seconds)

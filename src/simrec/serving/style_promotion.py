@@ -89,11 +89,7 @@ def register_style(
     rules = settings.promotion
     with mlflow.start_run(run_id=run_id):
         uri = log_style_pyfunc(
-            folder,
-            rules.style_registered_model,
-            settings.style.n,
-            settings.style.max_n,
-            rules.challenger_alias,
+            folder, rules.style_registered_model, settings, alias=rules.challenger_alias
         )
     if not promote:
         return uri, None

@@ -61,6 +61,8 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 class StyleFeaturizer:
     """Pixels → style vectors. `fit` learns the per-layer PCAs from catalog pixels."""
 
+    show_progress = True  # a tqdm bar over batches; the served model turns it off
+
     def __init__(self, settings: StyleSettings, backbone: Backbone | None = None):
         if len(settings.layer_weights) != len(settings.layers):
             raise ValueError(
@@ -86,7 +88,11 @@ class StyleFeaturizer:
         batch = self.settings.batch_size
         starts = range(0, len(pixels), batch)
         for start in tqdm(
-            starts, desc="style features", unit="batch", leave=False, disable=len(starts) <= 1
+            starts,
+            desc="style features",
+            unit="batch",
+            leave=False,
+            disable=not self.show_progress or len(starts) <= 1,
         ):
             block = np.asarray(pixels[start : start + batch])
             mask = (
