@@ -69,7 +69,8 @@ def embed_queries(
     batch = model.config.max_batch_size
     pixels, embeddings = [], []
     for start in tqdm(range(0, len(images), batch), desc="embedding queries", leave=False):
-        batch_pixels, _ = model.parse_queries(_request(images[start : start + batch]))
+        parsed = model.parse(_request(images[start : start + batch]))
+        batch_pixels = np.stack([query.pixels for query in parsed.queries])
         pixels.append(batch_pixels)
         embeddings.append(model.embed(batch_pixels))
     return np.concatenate(pixels), np.concatenate(embeddings)
