@@ -22,8 +22,15 @@ def _mlflow_run(settings, config: Path, *params: str) -> dict[str, str]:
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     assert mlflow_cli, "the mlflow console command is not installed in this environment"
     tracking_uri = settings.mlflow.tracking_uri
+    # In the full suite an earlier test leaves MLFLOW_EXPERIMENT_ID set in this process, and
+    # `mlflow run` refuses it beside --experiment-name: the run gets only what it is given.
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+    }
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": tracking_uri,
     }

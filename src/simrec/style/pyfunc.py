@@ -52,7 +52,7 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
         self.bundle = StyleBundle.load(Path(context.artifacts[ARTIFACT_KEY]))
         featurizer = self.bundle.encoder.featurizer
         for part in (featurizer, getattr(featurizer, "style", None)):
-            if part is not None:
+            if hasattr(part, "show_progress"):  # Gram/pooled featurizers draw a tqdm bar
                 part.show_progress = False  # no bars in a server's log
         items = self.bundle.items
         self._category_of = dict(zip(items["id"].astype(str), items["category"], strict=True))
