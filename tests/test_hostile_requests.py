@@ -205,17 +205,18 @@ def test_image_bomb_refused_before_decoding_in_every_container(store) -> None:
 
 def test_sigterm_exits_within_shutdown_seconds_with_work_in_flight(store) -> None:
     """Requests that take far longer than the deadline are in flight when SIGTERM comes: 4 ×
-    40 photos of 12 M pixels each, ~15 s of decoding per request; uvicorn alone would cancel
-    the request tasks but then wait for the model's worker threads to finish."""
+    64 photos of 20 M pixels each, ~15 s of decoding per request even on idle cores; uvicorn
+    alone would cancel the request tasks but then wait for the model's worker threads."""
     shutdown_seconds = 2
     slow = io.BytesIO()
-    Image.new("RGB", (4000, 3000), (10, 120, 200)).save(slow, format="JPEG", quality=5)
-    body = json.dumps({"inputs": {"image": [base64.b64encode(slow.getvalue()).decode()] * 40}})
+    Image.new("RGB", (5000, 4000), (10, 120, 200)).save(slow, format="JPEG", quality=5)
+    body = json.dumps({"inputs": {"image": [base64.b64encode(slow.getvalue()).decode()] * 64}})
     server = _serve(
         store,
         "style",
         f"--set=serving.shutdown_seconds={shutdown_seconds}",
         "--set=serving.max_request_pixels=2000000000",
+        "--set=serving.max_body_bytes=67108864",
     )
     answers: list[object] = []
 

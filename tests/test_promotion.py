@@ -28,7 +28,17 @@ CHALLENGER = f"models:/{NAME}@challenger"
 def registry(fashion_lake, tmp_path_factory, make_settings):
     """v1: a trained model (promoted on the baseline alone); v2: an untrained one (refused)."""
     _, lake, table = fashion_lake
-    settings = make_settings(tmp_path_factory.mktemp("promotion"), **{"lake.root": str(lake.root)})
+    # Trained long enough to clear raw-pixel kNN by the gate's margin (the shared small
+    # schedule lands level with it).
+    settings = make_settings(
+        tmp_path_factory.mktemp("promotion"),
+        **{
+            "lake.root": str(lake.root),
+            "train.epochs": 4,
+            "train.steps_per_epoch": 100,
+            "train.learning_rate": 0.003,
+        },
+    )
     good = train(settings, lake, table)
     first = package_run(settings, lake, good.run_id)
     untrained = train(settings.with_overrides({"train.epochs": 0}), lake, table)

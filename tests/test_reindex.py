@@ -322,7 +322,7 @@ def test_reindex_follows_the_configured_lake_and_checks_the_table_id(
     shutil.copytree(shop.settings.lake.root, moved)
     moved_settings = shop.settings.with_overrides({"lake.root": str(moved)})
     Lakehouse(moved).delete(shop.table, ["fmnist-train-00006"])
-    result = reindex(moved_settings, CHAMPION)
+    result = reindex(moved_settings, CHAMPION, alias="")  # champion stays on the shop's lake
     assert result.table.path == str(moved / shop.table) and result.rows_removed == 1
 
     # Same name, a different table (dropped and re-created): refused, clearly.
