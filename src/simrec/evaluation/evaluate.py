@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModelContext
@@ -92,8 +93,13 @@ def log_evaluation(
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         mlflow.log_metrics(report.flat_metrics())
         mlflow.log_dict(report.as_dict(), "evaluation/report.json")
-        mlflow.log_figure(_grid(settings, model, lineage, score), "evaluation/result_grid.png")
-        mlflow.log_figure(_map(settings, model, score), "evaluation/embedding_map.png")
+        figures = {
+            "evaluation/result_grid.png": _grid(settings, model, lineage, score),
+            "evaluation/embedding_map.png": _map(settings, model, score),
+        }
+        for artifact, figure in figures.items():
+            mlflow.log_figure(figure, artifact)
+            plt.close(figure)  # a long-lived process (server, notebook) must not keep them
     log.info(
         "Recall@1 %.4f on %d queries (raw-pixel kNN %.4f)",
         score.metrics.get("recall_at_1", float("nan")),
