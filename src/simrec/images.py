@@ -11,7 +11,8 @@ import hashlib
 import io
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,6 +48,21 @@ def _check_pixels(image: Image.Image, source: str, max_pixels: int) -> None:
         )
 
 
+@contextmanager
+def _decoding(source: str, max_pixels: int) -> Iterator[None]:
+    """Pillow's refusals while opening or decoding, as simrec's errors naming `source`."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise  # not a decoder's failure: the caller names the formats it tried
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageTooLargeError(
+            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
+
+
 def _open_header(
     payload: bytes, source: str, max_pixels: int, formats: Sequence[str]
 ) -> Image.Image:
@@ -54,7 +70,7 @@ def _open_header(
     if not payload:
         raise InvalidImageError(f"{source}: empty file")
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
+        with _decoding(source, max_pixels), _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = max_pixels
@@ -67,12 +83,6 @@ def _open_header(
         raise InvalidImageError(
             f"{source}: not a readable image (not one of the accepted formats {list(formats)})"
         ) from error
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLargeError(
-            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
-        ) from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
     _check_pixels(image, source, max_pixels)
     return image
 
@@ -103,14 +113,8 @@ def open_image(
     frame is decoded, and its size is checked again after decoding.
     """
     image = _open_header(payload, source, max_pixels, formats)
-    try:
+    with _decoding(source, max_pixels):
         image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageTooLargeError(
-            f"{source}: the image exceeds the limit of {max_pixels} pixels ({error})"
-        ) from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InvalidImageError(f"{source}: corrupt or truncated image ({error})") from error
     _check_pixels(image, source, max_pixels)
     return image
 
