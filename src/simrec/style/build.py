@@ -90,6 +90,22 @@ def log_bundle(
     mlflow.set_tag(BUNDLE_TAG, bundle.meta["kind"])
 
 
+def catalog_to_fit(
+    settings: Settings,
+    lake: Lakehouse,
+    items_version: int | None = None,
+    item_rooms_version: int | None = None,
+) -> StyleCatalog:
+    """The catalog (at the pinned versions) of the configured categories; refuses an empty
+    one, which nothing can be fitted on."""
+    catalog = read_style_catalog(
+        lake, settings.lake, items_version, item_rooms_version, settings.style.categories or None
+    )
+    if not len(catalog):
+        raise ValueError("the catalog table holds no items of the configured categories")
+    return catalog
+
+
 def build_style(
     settings: Settings,
     lake: Lakehouse,
@@ -99,11 +115,7 @@ def build_style(
     track: bool = True,
 ) -> StyleBuildResult:
     started = time.perf_counter()
-    catalog = read_style_catalog(
-        lake, settings.lake, items_version, item_rooms_version, settings.style.categories or None
-    )
-    if not len(catalog):
-        raise ValueError("the catalog table holds no items of the configured categories")
+    catalog = catalog_to_fit(settings, lake, items_version, item_rooms_version)
     bundle = fit_style_bundle(settings, catalog)
     folder = bundle.save(Path(output_dir or tempfile.mkdtemp(prefix="simrec-style-")))
     seconds = time.perf_counter() - started

@@ -29,9 +29,9 @@ from scipy import sparse
 from simrec.config import Settings, StyleSettings
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse
-from simrec.style.build import BUNDLE_TAG, log_bundle
+from simrec.style.build import BUNDLE_TAG, catalog_to_fit, log_bundle
 from simrec.style.bundle import StyleBundle, StyleEncoder
-from simrec.style.catalog import StyleCatalog, item_folds, read_style_catalog, split_rule
+from simrec.style.catalog import StyleCatalog, item_folds, split_rule
 from simrec.style.featurizers import Block, CombinedFeaturizer, combine, make_block
 from simrec.style.indexes import CategoryIndexes
 from simrec.style.protocol import (
@@ -469,11 +469,7 @@ def select_style(
 ) -> StyleSelectResult:
     started = time.perf_counter()
     style = settings.style
-    catalog = read_style_catalog(
-        lake, settings.lake, items_version, item_rooms_version, style.categories or None
-    )
-    if not len(catalog):
-        raise ValueError("the catalog table holds no items of the configured categories")
+    catalog = catalog_to_fit(settings, lake, items_version, item_rooms_version)
     names = sorted({name for candidate in style.select.candidates for name in candidate} | {COLOUR})
     rows = gather_rows(settings, lake, catalog, names)
     pairs = catalog_pairs(rows.categories, rows.together, style.min_queries)
