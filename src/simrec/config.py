@@ -91,6 +91,7 @@ class TrainSettings(_Section):
     warmup_fraction: float = Field(ge=0.0, lt=1.0)  # share of all steps warming up (cosine)
     classifier_weight: float = Field(ge=0.0)  # auxiliary softmax loss weight; 0: MS loss alone
     jit_compile: bool  # XLA for the train step
+    precision: Literal["auto", "float32", "mixed_bfloat16"]  # compute dtype while training
     distance: str
     loss_alpha: float
     loss_beta: float

@@ -13,6 +13,7 @@ from tensorflow_similarity.models import SimilarityModel
 
 from simrec.config import ModelSettings
 from simrec.model.backbone import conv_stack
+from simrec.model.precision import float32_copy
 
 EMBEDDING_LAYER = "metric_embedding"
 
@@ -28,12 +29,17 @@ def build_similarity_model(
     )
     features = tf.keras.layers.Rescaling(1.0 / 255, name="scale_pixels")(inputs)
     features = conv_stack(features, settings)
-    outputs = MetricEmbedding(settings.embedding_dim, name=EMBEDDING_LAYER)(features)
+    # float32 even under a mixed-precision policy: L2 normalisation and the loss need it.
+    outputs = MetricEmbedding(settings.embedding_dim, name=EMBEDDING_LAYER, dtype="float32")(
+        features
+    )
     return model_class(inputs, outputs, name="simrec_similarity")
 
 
 def embedding_model(model: tf.keras.Model) -> tf.keras.Model:
-    """A plain Keras model with the same graph and weights, for saving and serving."""
+    """A plain float32 Keras model with the same graph and weights, for saving and serving
+    (a model trained under mixed precision is rebuilt with float32 layers)."""
+    model = float32_copy(model)
     return tf.keras.Model(model.inputs, model.outputs, name="simrec_embedding")
 
 

@@ -17,6 +17,7 @@ from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages, read_split, validation_mask
 from simrec.model.embedding import build_similarity_model, embed, embedding_model
 from simrec.model.feeding import class_balanced_batches
+from simrec.model.precision import dtype_policy
 from simrec.model.progress import keras_verbosity
 from simrec.model.trainer import SimilarityTrainer
 from simrec.tracking import setup_mlflow, tracked_step
@@ -139,14 +140,15 @@ def compile_model(
     `classes`: size of the auxiliary classifier's output (labels must lie in 0..classes-1);
     by default the number of Fashion-MNIST label names.
     """
-    model = build_similarity_model(
-        settings.model, seed=settings.train.seed, model_class=SimilarityTrainer
-    )
-    model.configure_training(
-        max_shift=settings.model.augment_shift if settings.model.augment else None,
-        classifier_weight=settings.train.classifier_weight,
-        classes=classes or len(settings.fashion_mnist.label_names),
-    )
+    with dtype_policy(settings.train.precision):
+        model = build_similarity_model(
+            settings.model, seed=settings.train.seed, model_class=SimilarityTrainer
+        )
+        model.configure_training(
+            max_shift=settings.model.augment_shift if settings.model.augment else None,
+            classifier_weight=settings.train.classifier_weight,
+            classes=classes or len(settings.fashion_mnist.label_names),
+        )
     optimizer = _optimizer(settings, total_steps)
     if optimizer_wrapper is not None:
         optimizer = optimizer_wrapper(optimizer)

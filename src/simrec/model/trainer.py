@@ -26,7 +26,9 @@ class SimilarityTrainer(SimilarityModel):
         self.classifier_weight = classifier_weight
         self.classifier = None
         if classifier_weight > 0:
-            self.classifier = tf.keras.layers.Dense(classes, name="auxiliary_classifier")
+            self.classifier = tf.keras.layers.Dense(
+                classes, name="auxiliary_classifier", dtype="float32"
+            )
             self.classifier.build(self.output_shape)
             self.classifier_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
