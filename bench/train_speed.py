@@ -14,6 +14,7 @@ from tensorflow_similarity.samplers import MultiShotMemorySampler
 from simrec.config import Settings
 from simrec.model.backbone import conv_stack
 from simrec.model.data import LabelledImages
+from simrec.model.precision import dtype_policy
 from simrec.model.train import compile_model, training_batches
 
 WARMUP_STEPS = 15  # tracing, first-step allocations: not timed
@@ -25,6 +26,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "without_auxiliary_classifier": {"train.classifier_weight": 0.0},
     "without_augmentation": {"model.augment": False},
     "with_xla_jit_compile": {"train.jit_compile": True},
+    "float32_compute": {"train.precision": "float32"},
 }
 
 
@@ -43,10 +45,13 @@ def _timed_fit(model: tf.keras.Model, data: Any, batch: int) -> dict[str, float]
 def plain_classifier(settings: Settings, classes: int) -> tf.keras.Model:
     """Same input scaling and conv stack as the similarity model; a softmax on top."""
     size, channels = settings.model.image_size, settings.model.channels
-    inputs = tf.keras.layers.Input(shape=(size, size, channels), name="pixels")
-    features = tf.keras.layers.Rescaling(1.0 / 255)(inputs)
-    logits = tf.keras.layers.Dense(classes)(conv_stack(features, settings.model))
-    model = tf.keras.Model(inputs, logits, name="plain_classifier")
+    with dtype_policy(settings.train.precision):  # the same compute dtype as simrec's step
+        inputs = tf.keras.layers.Input(shape=(size, size, channels), name="pixels")
+        features = tf.keras.layers.Rescaling(1.0 / 255)(inputs)
+        logits = tf.keras.layers.Dense(classes, dtype="float32")(
+            conv_stack(features, settings.model)
+        )
+        model = tf.keras.Model(inputs, logits, name="plain_classifier")
     model.compile(
         optimizer=tf.keras.optimizers.Adam(settings.train.learning_rate),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
