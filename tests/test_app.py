@@ -313,15 +313,26 @@ def test_models_are_loaded_once_per_process(app_env, monkeypatch) -> None:
     assert len(loads) == 1
 
 
-def test_upload_limit_and_error_details_reach_streamlit(store) -> None:
-    from simrec.app.launch import streamlit_command
-    from simrec.config import DEFAULT_CONFIG, load_settings
+def test_upload_limit_and_error_details_reach_streamlit() -> None:
+    """`simrec app`'s command line, read by Streamlit's own config loader: the upload limit
+    follows app.max_upload_bytes (rounded up to whole MiB) and browsers get no tracebacks."""
+    from streamlit import config as streamlit_config
+    from streamlit.web import bootstrap, cli
 
-    app = load_settings(f"{DEFAULT_CONFIG}{os.pathsep}{store}").app
+    from simrec.app.launch import streamlit_command
+    from simrec.config import load_settings
+
+    assert load_settings().app.show_error_details == "none"
+    app = load_settings(overrides=["app.max_upload_bytes=3145729"]).app  # 3 MiB + 1 byte
     command = streamlit_command("127.0.0.1", 8501, None, [], app)
-    flags = dict(zip(command[::1], command[1::1], strict=False))
-    assert int(flags["--server.maxUploadSize"]) * 2**20 == app.max_upload_bytes
-    assert flags["--client.showErrorDetails"] == "none"
+    # what `streamlit run` does with its arguments, short of starting the server
+    parsed = cli.main_run.make_context("run", command[command.index("run") + 1 :])
+    try:
+        bootstrap.load_config_options(flag_options=parsed.params)
+        assert streamlit_config.get_option("server.maxUploadSize") == 4
+        assert streamlit_config.get_option("client.showErrorDetails") == "none"
+    finally:
+        streamlit_config.get_config_options(force_reparse=True)
 
 
 def _serve(model, token: str, port: int):

@@ -67,6 +67,6 @@ def test_sixteen_bit_range_is_scaled_not_clipped() -> None:
 def test_truncated_and_non_images_are_invalid_image_errors() -> None:
     jpeg = _encoded(Image.new("RGB", (64, 64), "blue"), "JPEG")
     with pytest.raises(InvalidImageError, match="upload"):
-        display_png(jpeg[: len(jpeg) // 2], 140, "upload", MAX_PIXELS)
+        display_png(jpeg[: len(jpeg) // 2], 140, "upload", MAX_PIXELS, FORMATS)
     with pytest.raises(InvalidImageError, match="not a readable image"):
-        display_png(b"a shopping list", 140, "upload", MAX_PIXELS)
+        display_png(b"a shopping list", 140, "upload", MAX_PIXELS, FORMATS)

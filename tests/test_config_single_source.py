@@ -5,9 +5,11 @@ are written in the config alone."""
 from __future__ import annotations
 
 import ast
+import io
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from simrec.config import DEFAULT_CONFIG, Settings, load_settings
@@ -74,3 +76,46 @@ def test_model_names_and_aliases_are_written_in_the_config_only() -> None:
                 if re.search(rf"[\"']{re.escape(name)}[\"']", code):
                     written.append(f"{path.relative_to(REPO)}:{number}: {name}")
     assert written == []
+
+
+def _pillow_format_lists(source: str) -> list[int]:
+    """Lines where a tuple/list/set literal of two or more Pillow format names is written."""
+    from PIL import Image
+
+    Image.init()
+    names = set(Image.OPEN)
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set) and len(node.elts) >= 2:
+            values = [getattr(element, "value", None) for element in node.elts]
+            if all(isinstance(value, str) and value.upper() in names for value in values):
+                found.append(node.lineno)
+    return found
+
+
+def test_the_decoder_formats_are_written_in_the_config_only() -> None:
+    """Which image formats are decoded is serving/lake config; a caller that names none gets
+    serving.image_formats from conf/simrec.yaml, not a list kept in code."""
+    from simrec.images import configured_formats, open_image
+
+    written = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in sorted((REPO / "src").rglob("*.py"))
+        for line in _pillow_format_lists(path.read_text())
+    ]
+    assert written == []
+    assert configured_formats() == tuple(load_settings(DEFAULT_CONFIG).serving.image_formats)
+    assert "TIFF" not in configured_formats()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="TIFF")
+    with pytest.raises(ValueError, match="not one of the accepted formats"):
+        open_image(buffer.getvalue(), "q")
+
+
+def test_the_format_check_catches_a_list_written_again() -> None:
+    source = (REPO / "src" / "simrec" / "images.py").read_text()
+    source += '\nDEFAULT_FORMATS = ("PNG", "JPEG", "WEBP")\n'
+    assert len(_pillow_format_lists(source)) == 1
+    assert _pillow_format_lists('KINDS = ("flat", "hnsw")\nSPLITS = ["train", "test"]\n') == []

@@ -1,12 +1,15 @@
 """The container and Kubernetes files, checked offline: Dockerfile lint (hadolint) and rules, the
 build context, the manifests against the Kubernetes JSON schemas (kubernetes-validate), and the
 port wiring from the process through EXPOSE, HEALTHCHECK, containerPort and probes to the
-Services. No Docker engine or cluster is needed."""
+Services; the opt-in public-app overlay rendered by kustomize (the same schemas, the port chain
+Ingress → oauth2-proxy → app, and that nothing else reaches the app). No Docker engine or
+cluster is needed."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -524,3 +527,292 @@ def test_server_pods_are_scraped_for_metrics(resources) -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
     assert int(annotations["prometheus.io/port"]) == port
+
+
+# ---------------------------------------------------------------- the public-app overlay
+
+PUBLIC_APP = REPO / "deploy" / "overlays" / "public-app"
+PROXY_IMAGE = "quay.io/oauth2-proxy/oauth2-proxy"
+PROXY_SECRET = "simrec-oauth2-proxy"
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    """`kustomize build folder` (or kubectl's built-in kustomize): what `kubectl apply -k`
+    would send, overlays and patches applied. Offline; needs no cluster."""
+    found = shutil.which("kustomize")
+    command = [found, "build"] if found else None
+    if command is None and (kubectl := shutil.which("kubectl")):
+        command = [kubectl, "kustomize"]
+    if command is None:
+        assert not os.environ.get("CI"), "CI needs kustomize or kubectl to render the overlays"
+        pytest.skip("neither kustomize nor kubectl is installed")
+    done = subprocess.run(
+        [*command, str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
+
+
+@pytest.fixture(scope="module")
+def public_app() -> list[dict]:
+    return _kustomize(PUBLIC_APP)
+
+
+def _labels(deployment: dict) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def _proxy(resources: list[dict]) -> dict:
+    (proxy,) = [
+        d
+        for d in _of_kind(resources, "Deployment").values()
+        if _container(d)["image"].split(":")[0] == PROXY_IMAGE
+    ]
+    return proxy
+
+
+def _flags(container: dict) -> dict[str, str]:
+    """oauth2-proxy's `--name=value` arguments."""
+    return dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+
+
+def _service_for(resources: list[dict], deployment: dict) -> dict:
+    (service,) = [
+        s
+        for s in _of_kind(resources, "Service").values()
+        if _selects(s["spec"]["selector"], _labels(deployment))
+    ]
+    return service
+
+
+def _listening_port(service_port: dict, container: dict) -> int:
+    """The container port a Service port's targetPort (a number or a port name) lands on."""
+    named = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    return named.get(service_port["targetPort"], service_port["targetPort"])
+
+
+def check_proxy_wiring(resources: list[dict]) -> None:
+    """Ingress → proxy Service → the port oauth2-proxy listens on; its upstream → the app
+    Service → the port Streamlit listens on."""
+    from urllib.parse import urlsplit
+
+    deployments = _of_kind(resources, "Deployment")
+    proxy, app = _proxy(resources), deployments["simrec-app"]
+    container = _container(proxy)
+    flags = _flags(container)
+    listens = int(flags["http-address"].rsplit(":", 1)[1])
+    assert [p["containerPort"] for p in container["ports"]] == [listens], "proxy containerPort"
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = container[probe]["httpGet"]["port"]
+        assert _listening_port({"targetPort": port}, container) == listens, probe
+    proxy_service = _service_for(resources, proxy)
+    proxy_ports = {p["name"]: p for p in proxy_service["spec"]["ports"]}
+    for service_port in proxy_ports.values():
+        assert _listening_port(service_port, container) == listens, "proxy Service targetPort"
+
+    upstream = urlsplit(flags["upstream"])
+    app_service = _service_for(resources, app)
+    assert upstream.hostname == app_service["metadata"]["name"], "upstream is the app Service"
+    upstream_ports = [p for p in app_service["spec"]["ports"] if p["port"] == upstream.port]
+    assert upstream_ports, f"the app Service has no port {upstream.port}"
+    image = Image(parse_dockerfile(DOCKERFILE.read_text()), "app")
+    streamlit_port = _port_of(_effective_command(image, _container(app)), image)
+    assert _listening_port(upstream_ports[0], _container(app)) == streamlit_port, (
+        "the upstream's Service port lands where Streamlit listens"
+    )
+
+    (ingress,) = [
+        i
+        for i in _of_kind(resources, "Ingress").values()
+        if any(
+            path["backend"]["service"]["name"] == proxy_service["metadata"]["name"]
+            for rule in i["spec"]["rules"]
+            for path in rule["http"]["paths"]
+        )
+    ]
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            port = path["backend"]["service"]["port"]
+            assert port.get("name") in proxy_ports or port.get("number") in {
+                p["port"] for p in proxy_ports.values()
+            }, "the app Ingress sends traffic to a port the proxy Service has"
+            redirect = urlsplit(flags["redirect-url"])
+            assert (redirect.scheme, redirect.hostname) == ("https", rule["host"])
+
+
+def check_app_only_through_the_proxy(resources: list[dict]) -> None:
+    """No Service is public by itself, every Ingress host is TLS, no Ingress routes to the app
+    Service, and the app pods admit only the proxy pods (the proxy: only the ingress
+    controller)."""
+    deployments = _of_kind(resources, "Deployment")
+    proxy, app = _proxy(resources), deployments["simrec-app"]
+    app_service = _service_for(resources, app)["metadata"]["name"]
+    for name, service in _of_kind(resources, "Service").items():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", name
+    for name, ingress in _of_kind(resources, "Ingress").items():
+        annotations = ingress["metadata"].get("annotations", {})
+        assert annotations.get("nginx.ingress.kubernetes.io/force-ssl-redirect") == "true", name
+        tls_hosts = {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
+        for rule in ingress["spec"]["rules"]:
+            assert rule["host"] in tls_hosts, f"{rule['host']} would be served over plain HTTP"
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] != app_service, f"{name} skips the proxy"
+
+    def peers_of(deployment: dict) -> list[dict]:
+        policies = [
+            p
+            for p in _of_kind(resources, "NetworkPolicy").values()
+            if _selects(p["spec"]["podSelector"]["matchLabels"], _labels(deployment))
+        ]
+        assert policies, f"no NetworkPolicy guards {deployment['metadata']['name']}"
+        peers = []
+        for policy in policies:
+            assert "Ingress" in policy["spec"]["policyTypes"]
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from"), "a rule without `from` admits everyone"
+                peers += rule["from"]
+        return peers
+
+    for peer in peers_of(app):
+        assert set(peer) == {"podSelector"}, f"the app admits {peer}"
+        selector = peer["podSelector"].get("matchLabels", {})
+        assert selector and _selects(selector, _labels(proxy)), f"the app admits {peer}"
+        others = [d for d in deployments.values() if d is not proxy]
+        assert not any(_selects(selector, _labels(d)) for d in others), f"the app admits {peer}"
+    for peer in peers_of(proxy):
+        assert peer == {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+        }, f"the proxy admits {peer}"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_public_app_overlay_matches_the_kubernetes_schemas(public_app, version: str) -> None:
+    for doc in public_app:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_public_app_overlay_adds_the_proxy_and_changes_only_the_app_policy(public_app) -> None:
+    """Opt-in: the base renders as before (no proxy, app private); the overlay is the base plus
+    the proxy's objects and the app Ingress, with only the app's NetworkPolicy changed."""
+    base = {(doc["kind"], doc["metadata"]["name"]): doc for doc in _kustomize(K8S)}
+    overlay = {(doc["kind"], doc["metadata"]["name"]): doc for doc in public_app}
+    assert not any(key[1].startswith("simrec-app-proxy") for key in base)
+    assert set(base) <= set(overlay)
+    assert {key for key in base if base[key] != overlay[key]} == {("NetworkPolicy", "simrec-app")}
+    added = set(overlay) - set(base)
+    assert ("Ingress", "simrec-app") in added and ("Deployment", "simrec-app-proxy") in added
+
+
+def test_the_proxy_forwards_to_where_the_app_listens(public_app) -> None:
+    check_proxy_wiring(public_app)
+
+
+def test_the_app_is_reachable_only_through_the_proxy(public_app) -> None:
+    check_app_only_through_the_proxy(public_app)
+
+
+def _broken(resources: list[dict], kind: str, name: str, change) -> list[dict]:
+    copied = json.loads(json.dumps(resources))
+    change(_of_kind(copied, kind)[name])
+    return copied
+
+
+def _set_arg(deployment: dict, flag: str, value: str) -> None:
+    container = _container(deployment)
+    container["args"] = [
+        f"--{flag}={value}" if arg.startswith(f"--{flag}=") else arg for arg in container["args"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "check, kind, name, change",
+    [
+        # the proxy forwards to a port the app Service does not have
+        (
+            "wiring",
+            "Deployment",
+            "simrec-app-proxy",
+            lambda d: _set_arg(d, "upstream", "http://simrec-app:8502/"),
+        ),
+        # the proxy listens on another port than its container and Service declare
+        (
+            "wiring",
+            "Deployment",
+            "simrec-app-proxy",
+            lambda d: _set_arg(d, "http-address", "0.0.0.0:8080"),
+        ),
+        # the proxy Service sends its traffic to a port nothing listens on
+        (
+            "wiring",
+            "Service",
+            "simrec-app-proxy",
+            lambda s: s["spec"]["ports"][0].update(targetPort=8080),
+        ),
+        # the app admits every pod in the namespace again
+        (
+            "exposure",
+            "NetworkPolicy",
+            "simrec-app",
+            lambda p: p["spec"]["ingress"][0].update({"from": [{"podSelector": {}}]}),
+        ),
+        # the app admits the ingress controller directly
+        (
+            "exposure",
+            "NetworkPolicy",
+            "simrec-app",
+            lambda p: p["spec"]["ingress"][0]["from"].append(
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}
+            ),
+        ),
+        # the app Ingress routes to the app Service, skipping the sign-in
+        (
+            "exposure",
+            "Ingress",
+            "simrec-app",
+            lambda i: i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].update(
+                name="simrec-app", port={"name": "http"}
+            ),
+        ),
+        # the app Service made public by itself
+        ("exposure", "Service", "simrec-app", lambda s: s["spec"].update(type="LoadBalancer")),
+    ],
+)
+def test_the_overlay_checks_catch_broken_wiring(public_app, check, kind, name, change) -> None:
+    checker = check_proxy_wiring if check == "wiring" else check_app_only_through_the_proxy
+    with pytest.raises(AssertionError):
+        checker(_broken(public_app, kind, name, change))
+
+
+def test_the_proxy_is_pinned_and_its_secrets_come_from_a_secret(public_app) -> None:
+    """A pinned official image; client and cookie secrets from the Secret simrec-oauth2-proxy
+    (created with kubectl, not in the repository); the API token stays with the app."""
+    proxy = _proxy(public_app)
+    container = _container(proxy)
+    assert re.fullmatch(rf"{re.escape(PROXY_IMAGE)}:v\d+\.\d+\.\d+", container["image"])
+    flags = _flags(container)
+    assert not {"client-secret", "cookie-secret", "client-id"} & set(flags), "literal secret"
+    env = {item["name"]: item for item in container["env"]}
+    for name in (
+        "OAUTH2_PROXY_CLIENT_ID",
+        "OAUTH2_PROXY_CLIENT_SECRET",
+        "OAUTH2_PROXY_COOKIE_SECRET",
+    ):
+        assert "value" not in env[name], name
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == PROXY_SECRET, name
+    assert flags["cookie-secure"] == "true" and flags["reverse-proxy"] == "true"
+    assert not _of_kind(public_app, "Secret"), "no secret in the repository: kubectl create"
+    pod = json.dumps(proxy["spec"]["template"])
+    assert "simrec-api-token" not in pod, "the proxy has no business with the API token"
+    assert proxy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert proxy["spec"]["replicas"] >= 2
+
+
+def test_the_app_ingress_admits_the_largest_upload_the_app_accepts(public_app) -> None:
+    """The edge's body limit is above app.max_upload_bytes, so an oversized picture gets the
+    app's own message rather than nginx's 413 page."""
+    from simrec.app.launch import upload_limit_mb
+    from simrec.config import load_settings
+
+    annotations = _of_kind(public_app, "Ingress")["simrec-app"]["metadata"]["annotations"]
+    edge_mb = int(annotations["nginx.ingress.kubernetes.io/proxy-body-size"].removesuffix("m"))
+    assert edge_mb > upload_limit_mb(load_settings().app.max_upload_bytes)

@@ -35,6 +35,7 @@ from simrec.serving.hostile import (
     is_json_error,
     png_bomb,
     send,
+    send_whole_body,
     start_server,
 )
 from simrec.serving.package import package_run
@@ -151,29 +152,13 @@ def test_hostile_corpus_gets_json_4xx_or_2xx_and_bounded_memory(store, model: st
 
 
 def test_over_limit_body_gets_a_readable_413(store) -> None:
-    """Sent with http.client, which writes the whole body before reading (as curl does)."""
-    import http.client
-
+    """Sent the way curl does: the whole body is written before the answer is read."""
     server = _serve(store, "fashion", "--set=serving.max_body_bytes=1048576")
-    host, port = server.url.removeprefix("http://").split(":")
     try:
         for size in (64 * 2**20, 3 * 2**20):
-            connection = http.client.HTTPConnection(host, int(port), timeout=60)
-            try:
-                connection.request(
-                    "POST",
-                    "/invocations",
-                    body=b"x" * size,
-                    headers={
-                        "Authorization": f"Bearer {server.token}",
-                        "Content-Type": "application/json",
-                    },
-                )
-                response = connection.getresponse()
-                assert response.status == 413
-                assert json.loads(response.read())["error_code"] == "REQUEST_TOO_LARGE"
-            finally:
-                connection.close()
+            status, answer = send_whole_body(server.url, server.token, b"x" * size)
+            assert status == 413
+            assert json.loads(answer)["error_code"] == "REQUEST_TOO_LARGE"
         assert _good_request(server).status_code == 200
     finally:
         server.stop()

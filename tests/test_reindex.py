@@ -228,6 +228,33 @@ def test_batch_recommend_on_spark_equals_in_process(shop: Shop, spark) -> None:
         np.testing.assert_allclose(batch["distance"], served["distance"], atol=1e-5)
 
 
+def test_batch_recommend_finds_a_moved_lake_through_lake_root(shop: Shop, spark, tmp_path) -> None:
+    """The lake moved after packaging (another machine, another mount) and nothing is left at
+    the path the lineage recorded: the model's table is read under lake.root. A table of the
+    same name that is not the model's (dropped and re-created) is refused before any work."""
+    from simrec.lake.identity import TableIdentityError
+
+    original = Path(shop.settings.lake.root)
+    moved = tmp_path / "moved-lake"
+    original.rename(moved)
+    try:
+        settings = shop.settings.with_overrides({"lake.root": str(moved)})
+        result = batch_recommend(settings, spark, CHAMPION, k=2)
+        assert result.source.path == str(moved / shop.table)
+        assert result.output.path == str(moved / settings.batch.output_table)
+        assert result.rows == result.items * 2 > 0
+        rows = Lakehouse(moved).read(shop.table)
+    finally:
+        moved.rename(original)
+
+    recreated = tmp_path / "recreated-lake"
+    Lakehouse(recreated).insert_new(shop.table, rows)
+    with pytest.raises(TableIdentityError, match="not the table .* built from"):
+        batch_recommend(
+            shop.settings.with_overrides({"lake.root": str(recreated)}), spark, CHAMPION
+        )
+
+
 @pytest.mark.skipif(not (IKEA_DIR / "images").is_dir(), reason="IKEA dataset not available")
 def test_catalog_items_table_reindexes_without_labels(shop: Shop) -> None:
     settings, lake = shop.settings, shop.lake

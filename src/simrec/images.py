@@ -13,14 +13,16 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
-# The formats a shop's product photo comes in. Containers that decode while *opening* (ICO,
-# ICNS, …) or carry many decoders (TIFF) are left out unless a config names them.
-DEFAULT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# No allow-list is written here: a caller that names none gets serving.image_formats of
+# conf/simrec.yaml (`configured_formats`), where the defaults live. The name stays for
+# callers' signatures (`formats=DEFAULT_FORMATS`): None, i.e. "the configured ones".
+DEFAULT_FORMATS: Sequence[str] | None = None
 
 # Pillow's own bomb check reads the module-global MAX_IMAGE_PIXELS, and some containers (an
 # ICO holding a PNG) decode inside Image.open. The global is set to the caller's limit for the
@@ -38,6 +40,16 @@ class ImageTooLargeError(InvalidImageError):
 
 def sha256_hex(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
+
+
+@cache
+def configured_formats() -> tuple[str, ...]:
+    """serving.image_formats of conf/simrec.yaml: what a caller that names no formats gets.
+    Containers that decode while *opening* (ICO, ICNS) or carry many decoders (TIFF) are
+    left out there unless a config names them."""
+    from simrec.config import configured_section
+
+    return tuple(configured_section("serving").image_formats)
 
 
 def _check_pixels(image: Image.Image, source: str, max_pixels: int) -> None:
@@ -64,9 +76,10 @@ def _decoding(source: str, max_pixels: int) -> Iterator[None]:
 
 
 def _open_header(
-    payload: bytes, source: str, max_pixels: int, formats: Sequence[str]
+    payload: bytes, source: str, max_pixels: int, formats: Sequence[str] | None
 ) -> Image.Image:
     """Image.open under the configured ceiling; only the allowed formats are tried."""
+    formats = tuple(formats) if formats is not None else configured_formats()
     if not payload:
         raise InvalidImageError(f"{source}: empty file")
     try:
@@ -75,7 +88,7 @@ def _open_header(
             previous = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = max_pixels
             try:
-                image = Image.open(io.BytesIO(payload), formats=tuple(formats))
+                image = Image.open(io.BytesIO(payload), formats=formats)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError as error:
@@ -91,7 +104,7 @@ def image_pixels(
     payload: bytes,
     source: str = "image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str] | None = None,
 ) -> int:
     """The pixel count of the first frame, read from the header without decoding pixels;
     InvalidImageError for what `open_image` would refuse before decoding."""
@@ -103,7 +116,7 @@ def open_image(
     payload: bytes,
     source: str = "image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """Decode the first frame of `payload`, or raise InvalidImageError naming `source`.
 
@@ -141,7 +154,7 @@ def decode_batch(
     size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Image bytes → uint8 array (N, size, size, channels); pixels are *not* scaled here."""
     arrays = [

@@ -139,7 +139,10 @@ def picture(payload: bytes, width: int, source: str) -> str | None:
     """`payload` as a PNG data URL `width` wide for st.image, or None (logged) when it cannot
     be shown."""
     try:
-        return data_url(display_png(payload, width, source, settings().serving.max_image_pixels))
+        serving = settings().serving
+        return data_url(
+            display_png(payload, width, source, serving.max_image_pixels, serving.image_formats)
+        )
     except InvalidImageError as error:
         log.warning("cannot show %s", error)
         return None

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from simrec.images import DEFAULT_FORMATS, InvalidImageError, open_image
+from simrec.images import InvalidImageError, open_image
 
 # Modes Pillow can write to PNG as they are; everything else is converted to RGB first.
 _PNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
@@ -58,7 +58,7 @@ def display_png(
     width: int,
     source: str,
     max_pixels: int,
-    formats: Sequence[str] = DEFAULT_FORMATS,
+    formats: Sequence[str],
 ) -> bytes:
     """PNG bytes of `payload` ready for `st.image`; raises InvalidImageError with `source`.
     Only `formats` are decoded (the served model's allow-list for uploads)."""

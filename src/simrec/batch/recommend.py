@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 from simrec.config import Settings
 from simrec.images import decode_batch
 from simrec.index.scope import IMAGE_COLUMN, KEY_COLUMN, LABEL_COLUMN, SPLIT_COLUMN, CatalogScope
+from simrec.lake.identity import resolve_recorded_table
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.serving.bundle import LocalBundle, RegisteredVersion, download_bundle
 from simrec.serving.pyfunc import EmbeddingSearchModel
@@ -175,16 +176,19 @@ def _scope_filter(frame: DataFrame, scope: CatalogScope) -> DataFrame:
 
 
 def _source(
-    settings: Settings, bundle: LocalBundle, table_name: str | None, table_version: int | None
-) -> tuple[Lakehouse, TableVersion]:
-    """The model's own table (at the version its catalog reflects, unless told) or another."""
+    lake: Lakehouse, bundle: LocalBundle, table_name: str | None, table_version: int | None
+) -> TableVersion:
+    """The model's own table (at the version its catalog reflects, unless told) or another,
+    both under the configured lake.root: the path recorded at packaging is history (the lake
+    may have moved). The model's own table must still be the Delta table it was built from."""
     lineage = bundle.lineage
     if table_name is None or table_name == lineage["source_table"]:
-        lake = Lakehouse(Path(lineage["source_table_path"]).parent)
+        resolve_recorded_table(
+            lake, lineage["source_table"], lineage.get("source_table_id"), bundle.registered.uri
+        )
         version = int(lineage["source_table_version"]) if table_version is None else table_version
-        return lake, lake.pin(lineage["source_table"], version)
-    lake = Lakehouse(settings.lake.root)
-    return lake, lake.pin(table_name, table_version)
+        return lake.pin(lineage["source_table"], version)
+    return lake.pin(table_name, table_version)
 
 
 def batch_recommend(
@@ -204,9 +208,10 @@ def batch_recommend(
     k = k or batch.k
     output_table = output_table or batch.output_table
     started = time.perf_counter()
+    lake = Lakehouse(settings.lake.root)
     with tempfile.TemporaryDirectory(prefix="simrec-batch-") as workdir:
         bundle = download_bundle(model_uri, Path(workdir) / "bundle")
-        source_lake, source = _source(settings, bundle, table_name, table_version)
+        source = _source(lake, bundle, table_name, table_version)
         if not 1 <= k <= bundle.config.max_k:
             raise ValueError(f"k must be from 1 to {bundle.config.max_k}, got {k}")
         scope = CatalogScope.from_lineage(bundle.lineage) if batch.rows == "catalog" else None
@@ -214,7 +219,7 @@ def batch_recommend(
         archive = shutil.make_archive(str(Path(workdir) / archive_name), "zip", bundle.folder)
         spark.sparkContext.addFile(archive)
 
-        rows = read_table(spark, source_lake, source)
+        rows = read_table(spark, lake, source)
         if scope is not None:
             rows = _scope_filter(rows, scope)
         rows = rows.select(KEY_COLUMN, IMAGE_COLUMN)
@@ -235,13 +240,12 @@ def batch_recommend(
             F.lit(source.name).alias("source_table"),
             F.lit(source.version).cast("long").alias("source_table_version"),
         )
-        output_lake = Lakehouse(settings.lake.root)
-        staging = output_lake.path(output_table) / f"batch-{uuid.uuid4().hex}"
+        staging = lake.path(output_table) / f"batch-{uuid.uuid4().hex}"
         recommendations.write.parquet(str(staging))
         files = sorted(staging.glob("part-*.parquet"))
         for leftover in [*staging.glob(".*.crc"), staging / "_SUCCESS"]:
             leftover.unlink(missing_ok=True)  # Hadoop bookkeeping; Delta tracks the parts
-        output = output_lake.replace_with_files(
+        output = lake.replace_with_files(
             output_table,
             files,
             OUTPUT_SCHEMA,

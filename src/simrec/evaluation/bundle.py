@@ -175,6 +175,7 @@ def catalog_pixels(
         config.image_size,
         config.channels,
         config.max_image_pixels,
+        config.image_formats,
     )
 
 

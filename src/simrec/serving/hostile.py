@@ -351,6 +351,31 @@ def send(client: object, url: str, token: str, case: HostileCase) -> tuple[int, 
     return response.status_code, response.content
 
 
+def send_whole_body(
+    url: str, token: str, body: bytes, path: str = "/invocations", timeout: float = 60
+) -> tuple[int, bytes]:
+    """POST `body` with http.client, which (like curl and requests) writes the whole body
+    before it reads the answer: a server that answers an oversized body by resetting the
+    connection mid-upload shows as an error here, where httpx would still read an early
+    answer. (status, answer body)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": JSON_TYPE},
+        )
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def is_json_error(body: bytes) -> bool:
     """Whether `body` is simrec's error shape: a JSON object with a string `error_code`."""
     try:

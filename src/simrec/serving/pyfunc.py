@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from simrec.images import DEFAULT_FORMATS
 from simrec.index.faiss_index import EmbeddingIndex, IndexMismatchError
 from simrec.serving.contract import (
     CATEGORIES,
@@ -66,8 +65,9 @@ class BundleConfig(BaseModel):
     max_k: int
     max_batch_size: int
     max_image_pixels: int
-    # Bundles packaged before the allow-list decode what the decoder accepts by default.
-    image_formats: tuple[str, ...] = DEFAULT_FORMATS
+    # Bundles packaged before the allow-list carry none: None, serving.image_formats of
+    # conf/simrec.yaml (the decoder's `configured_formats`).
+    image_formats: tuple[str, ...] | None = None
     search_threads: int = 1
 
 
