@@ -92,16 +92,22 @@ def main(names: list[str]) -> dict[str, Any]:
     for name in names:
         attempts[name] = attempt(name)
         logging.getLogger(__name__).info("%s: %s", name, attempts[name])
-        best = max(attempts, key=lambda key: attempts[key]["recall_at_1"])
-        summary = {
-            "attempts": len(attempts),
-            "best_attempt": best,
-            "best_recall_at_1": attempts[best]["recall_at_1"],
-            "best_train_minutes": attempts[best]["train_minutes"],
-            "any_goal_met": any(each["goal_met"] for each in attempts.values()),
-        }
-        record(SECTION, {"attempts": attempts, "summary": summary})
+        _record(attempts)
+    if not names and attempts:  # no new attempt: the summary of those on record, recomputed
+        _record(attempts)
     return attempts
+
+
+def _record(attempts: dict[str, Any]) -> None:
+    best = max(attempts, key=lambda key: attempts[key]["recall_at_1"])
+    summary = {
+        "attempts": len(attempts),
+        "best_attempt": best,
+        "best_recall_at_1": attempts[best]["recall_at_1"],
+        "best_train_minutes": attempts[best]["train_minutes"],
+        "any_goal_met": any(each["goal_met"] for each in attempts.values()),
+    }
+    record(SECTION, {"attempts": attempts, "summary": summary})
 
 
 if __name__ == "__main__":
