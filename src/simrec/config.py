@@ -274,9 +274,11 @@ class ServingSettings(_Section):
     max_image_pixels: int
     image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
+    guard_inline_bytes: int = Field(ge=0)  # bodies checked on the event loop, not a thread
     max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
     shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
     search_threads: int
+    search_blas_min_queries: int = Field(gt=0)  # exact search of this many queries uses BLAS
     thumbnail_size: int
     registered_model: str
     alias: str
@@ -284,6 +286,7 @@ class ServingSettings(_Section):
     # Micro-batching, overload, readiness, registry follow (values: conf/simrec.yaml only).
     batch_max_rows: int = Field(gt=0)
     batch_max_wait_ms: float = Field(ge=0)
+    batch_workers: int = Field(ge=0)  # 0: one per CPU
     queue_max_requests: int = Field(gt=0)
     request_timeout_s: float = Field(gt=0)
     retry_after_s: int = Field(ge=0)
