@@ -300,7 +300,7 @@ def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption
     settings = _settings(config, set_)
     run_id = _run_id(settings, run_id)
     result = build_catalog_index(settings, Lakehouse(settings.lake.root), run_id)
-    typer.echo(f"run {run_id}: {settings.index.kind} index of {len(result.index)} items")
+    typer.echo(f"run {run_id}: {result.index.settings.kind} index of {len(result.index)} items")
 
 
 @app.command()

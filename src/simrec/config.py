@@ -121,12 +121,22 @@ class IndexSettings(_Section):
     # The one section keeping defaults (the same as conf/simrec.yaml's index:): code builds
     # exact indexes of its own (the style model's per-category flat indexes) from kind and
     # metric alone. tests/test_config_single_source.py allows this section only.
-    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     metric: Literal["ip", "l2"] = "ip"
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    # `auto`: exact (flat) up to this many items, `auto_large_kind` above (README: the rule).
+    auto_flat_max_rows: int = Field(100_000, gt=0)
+    auto_large_kind: Literal["flat", "hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 256
     ivf_nlist: int = 256
     ivf_nprobe: int = 16
+
+    def kind_for(self, rows: int) -> str:
+        """The index kind built for `rows` items: `kind`, or the `auto` rule's choice."""
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if rows <= self.auto_flat_max_rows else self.auto_large_kind
 
 
 class EvaluationSettings(_Section):
