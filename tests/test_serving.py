@@ -541,6 +541,18 @@ def test_simrec_package_serve_and_query_commands(packaged, images, tmp_path) -> 
         assert done.returncode == 0, done.stderr
         lines = done.stdout.strip().splitlines()
         assert len(lines) == 4 and lines[1].split()[1] == catalog_id
+        by_item = subprocess.run(
+            [sys.executable, "-m", "simrec.cli", "query", "--item-id", catalog_id, "--url", url,
+             "--token-file", str(token_file), "-k", "3", *common],
+            env=_env(settings), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert by_item.returncode == 0, by_item.stderr
+        item_ids = [line.split()[1] for line in by_item.stdout.strip().splitlines()[1:]]
+        # the item's own photo found the item first; by id, the item itself never comes back
+        assert len(item_ids) == 3 and catalog_id not in item_ids
+        assert item_ids[:2] == [line.split()[1] for line in lines[2:]]
+        neither = CliRunner().invoke(app, ["query", "--url", url, *common])
+        assert neither.exit_code != 0 and "--item-id" in neither.output
         refused = subprocess.run(
             [sys.executable, "-m", "simrec.cli", "query", str(query), "--url", url, *common],
             env={**_env(settings), "SIMREC_API_TOKEN": "wrong-token"},
