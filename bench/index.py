@@ -171,7 +171,7 @@ def measure(
             sweep = {}
             for value in values:
                 apply(value)
-                sweep[value] = _recall(search(queries)[0], exact)
+                sweep[value] = round(_recall(search(queries)[0], exact), 4)
                 if sweep[value] >= RECALL_GOAL:
                     break
             chosen = next((v for v in values if sweep.get(v, 0) >= RECALL_GOAL), None)
