@@ -90,3 +90,18 @@ def test_bad_queries_and_mismatched_files_fail_loudly(tmp_path: Path) -> None:
     (folder / "index.faiss").write_bytes((tmp_path / "other" / "index.faiss").read_bytes())
     with pytest.raises(IndexMismatchError, match="12 vectors"):
         EmbeddingIndex.load(folder)
+
+
+def test_auto_kind_is_exact_up_to_the_threshold_and_approximate_above(tmp_path: Path) -> None:
+    import faiss
+
+    settings = IndexSettings(kind="auto", auto_flat_max_rows=300, auto_large_kind="hnsw")
+    kinds = {}
+    for rows in (300, 301):
+        built = build_index(_ids(rows), _unit_vectors(rows), settings)
+        loaded = EmbeddingIndex.load(built.save(tmp_path / str(rows)))
+        kinds[rows] = (loaded.settings.kind, type(faiss.downcast_index(loaded._index.index)))
+        more = _unit_vectors(5, seed=3)  # later additions keep the kind of the first build
+        loaded.add(_ids(5, start=rows), more)
+        assert loaded.search(more, 1)[0][:, 0].tolist() == _ids(5, start=rows)
+    assert kinds == {300: ("flat", faiss.IndexFlatIP), 301: ("hnsw", faiss.IndexHNSWFlat)}

@@ -181,6 +181,16 @@ def test_package_has_lineage_signature_example_and_alias(packaged, model) -> Non
     assert package_run_tags["simrec.training_run_id"] == trained.run_id
 
 
+def test_a_loaded_bundle_searches_micro_batches_through_blas(packaged, model) -> None:
+    import faiss
+
+    settings = packaged[0]
+    dim = model.unwrap_python_model().index.dim
+    # faiss decides by queries × dimensions; left alone it waits for ~1000 queries
+    expected = settings.serving.search_blas_min_queries * dim
+    assert faiss.cvar.distance_compute_blas_threshold == expected
+
+
 def test_loading_fails_loudly_when_index_and_metadata_disagree(packaged, tmp_path) -> None:
     local = Path(mlflow.artifacts.download_artifacts(packaged[-1].model_uri, dst_path=tmp_path))
     items_file = next(local.rglob("items.parquet"))
@@ -363,6 +373,10 @@ def test_batch_over_http_equals_in_process_predict(server, model, images) -> Non
         assert served["item_id"].tolist() == expected["item_id"].tolist()
         assert served["query"].tolist() == expected["query"].tolist()
         np.testing.assert_allclose(served["distance"], expected["distance"], atol=1e-6)
+        # every column (metadata, thumbnails), as in-process predict gives it
+        assert served.columns.tolist() == expected.columns.tolist()
+        others = [c for c in expected.columns if c != "distance"]
+        assert served[others].astype(str).equals(expected[others].astype(str))
     default_k = invoke(
         url, token, {"dataframe_split": {"columns": ["image"], "data": [[b64(payloads[0])]]}}
     )
@@ -527,6 +541,18 @@ def test_simrec_package_serve_and_query_commands(packaged, images, tmp_path) -> 
         assert done.returncode == 0, done.stderr
         lines = done.stdout.strip().splitlines()
         assert len(lines) == 4 and lines[1].split()[1] == catalog_id
+        by_item = subprocess.run(
+            [sys.executable, "-m", "simrec.cli", "query", "--item-id", catalog_id, "--url", url,
+             "--token-file", str(token_file), "-k", "3", *common],
+            env=_env(settings), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert by_item.returncode == 0, by_item.stderr
+        item_ids = [line.split()[1] for line in by_item.stdout.strip().splitlines()[1:]]
+        # the item's own photo found the item first; by id, the item itself never comes back
+        assert len(item_ids) == 3 and catalog_id not in item_ids
+        assert item_ids[:2] == [line.split()[1] for line in lines[2:]]
+        neither = CliRunner().invoke(app, ["query", "--url", url, *common])
+        assert neither.exit_code != 0 and "--item-id" in neither.output
         refused = subprocess.run(
             [sys.executable, "-m", "simrec.cli", "query", str(query), "--url", url, *common],
             env={**_env(settings), "SIMREC_API_TOKEN": "wrong-token"},

@@ -353,7 +353,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_timed_out_requests_never_
     # Over HTTP: the server answers 503 + Retry-After at once when its queue is full.
     model = fashion.model
     python_model = model.unwrap_python_model()
-    original = python_model.answer
+    original = python_model.answer_columns  # what the server's batcher calls
 
     def slow_answer(requests):
         time.sleep(0.3)
@@ -364,12 +364,12 @@ def test_a_full_queue_answers_503_with_retry_after_and_timed_out_requests_never_
     )
     token = secrets.token_urlsafe(24)
     with running(create_app(model, token, MAX_BODY_BYTES, serving)) as url:
-        python_model.answer = slow_answer
+        python_model.answer_columns = slow_answer
         try:
             body = records([{"item_id": fashion.items["id"].iloc[0], "k": 1}])
             answers = concurrently([lambda: invoke(url, token, body)] * 6, 6)
         finally:
-            del python_model.answer
+            del python_model.answer_columns
         refused = [answer for answer in answers if answer.status_code == 503]
         assert refused and all(answer.headers["retry-after"] == "2" for answer in refused)
         assert refused[0].json()["error_code"] == "OVERLOADED"

@@ -300,7 +300,7 @@ def index(run_id: RunOption = None, config: ConfigOption = None, set_: SetOption
     settings = _settings(config, set_)
     run_id = _run_id(settings, run_id)
     result = build_catalog_index(settings, Lakehouse(settings.lake.root), run_id)
-    typer.echo(f"run {run_id}: {settings.index.kind} index of {len(result.index)} items")
+    typer.echo(f"run {run_id}: {result.index.settings.kind} index of {len(result.index)} items")
 
 
 @app.command()
@@ -754,17 +754,27 @@ def serve(
 
 @app.command()
 def query(
-    image: Annotated[Path, typer.Argument(help="Query image file.", exists=True, dir_okay=False)],
+    image: Annotated[
+        Path | None,
+        typer.Argument(help="Query image file (or --item-id).", exists=True, dir_okay=False),
+    ] = None,
+    item_id: Annotated[
+        str | None,
+        typer.Option("--item-id", help="Query by this catalog item instead of an image."),
+    ] = None,
     url: Annotated[str | None, typer.Option(help="Server URL (default serving.host/port).")] = None,
     token_file: TokenFileOption = None,
     k: Annotated[int, typer.Option("-k", help="How many similar items.")] = 5,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Ask a running `simrec serve` for the items most similar to IMAGE."""
+    """Ask a running `simrec serve` for the items most similar to IMAGE, or to the catalog
+    item --item-id (never that item itself)."""
     from simrec.serving.client import SimrecClient, SimrecClientError
     from simrec.serving.tokens import TokenError, load_token
 
+    if (image is None) == (item_id is None):
+        raise typer.BadParameter("give a query IMAGE or --item-id, not both or neither")
     settings = _settings(config, set_)
     serving = settings.serving
     try:
@@ -772,7 +782,10 @@ def query(
         with SimrecClient(
             url or f"http://{serving.host}:{serving.port}", token, serving.client_timeout_s
         ) as client:
-            items = client.similar(image, k=k, thumbnails=False)
+            if item_id is not None:
+                items = client.similar_to_item(item_id, k=k, thumbnails=False)
+            else:
+                items = client.similar(image, k=k, thumbnails=False)
     except (TokenError, SimrecClientError) as error:
         _fail(error)
     typer.echo(f"{'rank':>4}  {'item id':<20} {'label':<14} distance")

@@ -122,12 +122,22 @@ class IndexSettings(_Section):
     # The one section keeping defaults (the same as conf/simrec.yaml's index:): code builds
     # exact indexes of its own (the style model's per-category flat indexes) from kind and
     # metric alone. tests/test_config_single_source.py allows this section only.
-    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     metric: Literal["ip", "l2"] = "ip"
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    # `auto`: exact (flat) up to this many items, `auto_large_kind` above (README: the rule).
+    auto_flat_max_rows: int = Field(100_000, gt=0)
+    auto_large_kind: Literal["flat", "hnsw", "ivf"] = "ivf"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 256
     ivf_nlist: int = 256
     ivf_nprobe: int = 16
+
+    def kind_for(self, rows: int) -> str:
+        """The index kind built for `rows` items: `kind`, or the `auto` rule's choice."""
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if rows <= self.auto_flat_max_rows else self.auto_large_kind
 
 
 class EvaluationSettings(_Section):
@@ -275,9 +285,11 @@ class ServingSettings(_Section):
     max_image_pixels: int
     image_formats: list[str] = Field(min_length=1)  # Pillow format names the decoder tries
     max_request_pixels: int = Field(gt=0)  # compute budget: image pixels summed over a request
+    guard_inline_bytes: int = Field(ge=0)  # bodies checked on the event loop, not a thread
     max_drain_bytes: int = Field(ge=0)  # of an over-limit body, read so the client sees the 413
     shutdown_seconds: float = Field(gt=0)  # SIGTERM → exit within this, in-flight work or not
     search_threads: int
+    search_blas_min_queries: int = Field(gt=0)  # exact search of this many queries uses BLAS
     thumbnail_size: int
     registered_model: str
     alias: str
@@ -285,6 +297,7 @@ class ServingSettings(_Section):
     # Micro-batching, overload, readiness, registry follow (values: conf/simrec.yaml only).
     batch_max_rows: int = Field(gt=0)
     batch_max_wait_ms: float = Field(ge=0)
+    batch_workers: int = Field(ge=0)  # 0: one per CPU
     queue_max_requests: int = Field(gt=0)
     request_timeout_s: float = Field(gt=0)
     retry_after_s: int = Field(ge=0)

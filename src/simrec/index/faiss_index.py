@@ -30,8 +30,13 @@ def _base_index(dim: int, settings: IndexSettings, train_size: int) -> tuple[fai
         return base, {}
     if settings.kind == "hnsw":
         base = faiss.IndexHNSWFlat(dim, settings.hnsw_m, metric)
+        base.hnsw.efConstruction = settings.hnsw_ef_construction
         base.hnsw.efSearch = settings.hnsw_ef_search
-        return base, {"hnsw_m": settings.hnsw_m, "hnsw_ef_search": settings.hnsw_ef_search}
+        return base, {
+            "hnsw_m": settings.hnsw_m,
+            "hnsw_ef_construction": settings.hnsw_ef_construction,
+            "hnsw_ef_search": settings.hnsw_ef_search,
+        }
     # IVF: faiss wants ~39 training points per list; fewer lists on small catalogs.
     nlist = max(1, min(settings.ivf_nlist, train_size // 39))
     quantizer = faiss.IndexFlatIP(dim) if settings.metric == "ip" else faiss.IndexFlatL2(dim)
@@ -71,6 +76,9 @@ class EmbeddingIndex:
         if not item_ids:
             return
         if self._index is None:
+            # `auto` becomes a kind once, by the size of the first build; saved as that kind.
+            kind = self.settings.kind_for(len(embeddings))
+            self.settings = self.settings.model_copy(update={"kind": kind})
             base, self.build_params = _base_index(self.dim, self.settings, len(embeddings))
             if not base.is_trained:
                 base.train(embeddings)

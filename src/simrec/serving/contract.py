@@ -98,6 +98,16 @@ class ParsedRequest:
     thumbnails: bool = True
 
 
+@dataclass(frozen=True)
+class RequestRows:
+    """A request's rows as plain values (column name → value per row), what the server's
+    guard already read from the JSON: the contract checks them as it checks a DataFrame's,
+    without building one."""
+
+    columns: tuple[str, ...]
+    records: list[dict[str, Any]]
+
+
 def request_schema() -> Schema:
     """The input signature both models declare (every column optional: the contract checks
     that each row names its query)."""
@@ -199,29 +209,35 @@ def parse_request(
     """Validate a request against the contract; `filter_values` maps each keep-filter the
     model offers (`categories`, `labels`) to its known values, `item_ids` are the items a
     query may name. Raises InvalidQueryError listing every problem found."""
-    if not isinstance(model_input, pd.DataFrame):
+    if isinstance(model_input, RequestRows):
+        columns, records = list(model_input.columns), model_input.records
+    elif isinstance(model_input, pd.DataFrame):
+        columns = [str(column) for column in model_input.columns]
+        records = None
+    else:
         raise InvalidQueryError(
             f"expected a DataFrame with a column {IMAGE_COLUMN!r} or {ITEM_ID_COLUMN!r}, got "
             f"{type(model_input).__name__}"
         )
-    columns = [str(column) for column in model_input.columns]
     unknown = [column for column in columns if column not in COLUMNS]
     if unknown or not any(column in columns for column in QUERY_COLUMNS):
         raise InvalidQueryError(
             f"expected a column {IMAGE_COLUMN!r} (base64 image) or {ITEM_ID_COLUMN!r} (catalog "
             f"item), optionally {K_COLUMN!r} (integer) and filters {list(FILTERS)}; got {columns}"
         )
-    if len(model_input) == 0:
+    rows = len(model_input.records) if records is not None else len(model_input)
+    if rows == 0:
         raise InvalidQueryError("the request holds no queries: send at least one row")
-    if len(model_input) > limits.max_batch_size:
+    if rows > limits.max_batch_size:
         raise InvalidQueryError(
-            f"{len(model_input)} queries in one request; the limit is {limits.max_batch_size}"
+            f"{rows} queries in one request; the limit is {limits.max_batch_size}"
         )
     params = dict(params or {})
     defaults = {name: _names(params.get(name), name, None) for name in FILTERS}
     problems: list[str] = []
     queries = []
-    records = model_input.to_dict(orient="records")
+    if records is None:
+        records = model_input.to_dict(orient="records")
     for position, record in enumerate(records):
         try:
             queries.append(

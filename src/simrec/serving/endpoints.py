@@ -29,7 +29,16 @@ from simrec.config import ServingSettings
 from simrec.serving.batching import MicroBatcher, QueueFullError, RequestTimeoutError
 from simrec.serving.live_model import LiveModel, LoadedModel, load_model, wrap_model
 from simrec.serving.metrics import CONTENT_TYPE, ServingMetrics
-from simrec.serving.server import Message, Receive, Scope, Send, error_body, send_json
+from simrec.serving.server import (
+    CHECKED_REQUEST,
+    CheckedRequest,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    send_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +90,23 @@ def parse_invocation(model: LoadedModel, body: bytes) -> Any:
     return model.python_model.parse(data, params)
 
 
+def parse_checked(model: LoadedModel, checked: CheckedRequest) -> Any:
+    """`parse_invocation` of a request the guard already read (its plain rows)."""
+    from mlflow.models.utils import _enforce_params_schema
+
+    params = _enforce_params_schema(checked.params, model.pyfunc.metadata.get_params_schema())
+    return model.python_model.parse(checked.rows, params)
+
+
 def predictions_json(frame: Any) -> bytes:
+    """`{"predictions": [records]}` as MLflow writes it, of a DataFrame or of result columns
+    (column name → plain values, `answer_columns`)."""
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
+    if isinstance(frame, dict):
+        names = list(frame)
+        records = [dict(zip(names, row, strict=True)) for row in zip(*frame.values(), strict=True)]
+        return json.dumps({"predictions": records}).encode()
     output = StringIO()
     predictions_to_json(frame, output)
     return output.getvalue().encode()
@@ -143,7 +166,7 @@ class ServingApp:
             elif path == "/metrics":
                 await self._metrics(send_with_version)
             elif path == INVOCATIONS and scope["method"] == "POST" and model.batched:
-                await self._invoke(model, receive, send_with_version)
+                await self._invoke(model, scope.get(CHECKED_REQUEST), receive, send_with_version)
             else:
                 await model.mlflow_app(scope, receive, send_with_version)
         finally:
@@ -185,7 +208,9 @@ class ServingApp:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _invoke(self, model: LoadedModel, receive: Receive, send: Send) -> None:
+    async def _invoke(
+        self, model: LoadedModel, checked: CheckedRequest | None, receive: Receive, send: Send
+    ) -> None:
         arrived = time.monotonic()
         body = await _read_body(receive)
         if self.batcher.full:
@@ -193,14 +218,17 @@ class ServingApp:
             return
 
         def prepare(raw: bytes) -> Any:
-            request = parse_invocation(model, raw)
+            if checked is None:
+                request = parse_invocation(model, raw)
+            else:
+                request = parse_checked(model, checked)
             self.metrics.request_rows.observe(len(request.queries))
             return request
 
         remaining = self.request_timeout_s - (time.monotonic() - arrived)
         try:
             answer = await self.batcher.submit(
-                model.python_model, body, 1, remaining, prepare=prepare, finish=predictions_json
+                model.batch_model, body, 1, remaining, prepare=prepare, finish=predictions_json
             )
         except QueueFullError:
             await self._overloaded(send)
@@ -258,7 +286,7 @@ def build_serving_app(
         serving.batch_max_wait_ms / 1000,
         serving.queue_max_requests,
         on_batch=metrics.record_batch,
-        workers=available_cpus(),
+        workers=serving.batch_workers or available_cpus(),
     )
     live.start()
     return ServingApp(

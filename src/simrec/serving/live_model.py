@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import mlflow
@@ -62,6 +63,13 @@ class LoadedModel:
             return self.pyfunc.unwrap_python_model()
         except Exception:  # not a PythonModel flavour
             return None
+
+    @cached_property
+    def batch_model(self) -> Any:
+        """What the micro-batcher asks (`answer(requests)`): the model's plain result columns
+        when it offers them (`answer_columns`, no DataFrame per request), else its frames."""
+        model = self.python_model
+        return _ColumnsAnswer(model) if hasattr(model, "answer_columns") else model
 
     @property
     def batched(self) -> bool:
@@ -108,6 +116,14 @@ class LoadedModel:
             return
         if len(answer) == 0:
             raise RuntimeError("the self-query returned no results")
+
+
+class _ColumnsAnswer:
+    def __init__(self, model: Any):
+        self.model = model
+
+    def answer(self, requests: list[Any]) -> list[dict[str, list[Any]]]:
+        return self.model.answer_columns(requests)
 
 
 def registered_version(model_uri: str) -> tuple[str, str] | None:

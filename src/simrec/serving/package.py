@@ -211,6 +211,7 @@ def bundle_config(settings: Settings) -> BundleConfig:
         max_image_pixels=settings.serving.max_image_pixels,
         image_formats=tuple(settings.serving.image_formats),
         search_threads=settings.serving.search_threads,
+        search_blas_min_queries=settings.serving.search_blas_min_queries,
     )
 
 

@@ -69,6 +69,8 @@ class BundleConfig(BaseModel):
     # conf/simrec.yaml (the decoder's `configured_formats`).
     image_formats: tuple[str, ...] | None = None
     search_threads: int = 1
+    # Bundles packaged before this keep faiss's own choice of when exact search uses BLAS.
+    search_blas_min_queries: int | None = None
 
 
 def decode_query_image(text: object, position: int, config: BundleConfig) -> np.ndarray:
@@ -192,6 +194,21 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
     def answer(self, requests: list[ParsedRequest]) -> list[pd.DataFrame]:
         """Result rows of each request: every image of every request embedded in one call,
         one filtered search per distinct keep-filter."""
+        return [pd.DataFrame(columns) for columns in self._answer_arrays(requests)]
+
+    def answer_columns(self, requests: list[ParsedRequest]) -> list[dict[str, list[Any]]]:
+        """`answer`'s result rows as column name → plain Python values, what the server
+        writes as JSON: building a DataFrame per request only to turn it back into records
+        cost the server as much CPU as the embedding."""
+        return [
+            {
+                name: values.tolist() if isinstance(values, np.ndarray) else values
+                for name, values in columns.items()
+            }
+            for columns in self._answer_arrays(requests)
+        ]
+
+    def _answer_arrays(self, requests: list[ParsedRequest]) -> list[dict[str, Any]]:
         queries = [query for request in requests for query in request.queries]
         vectors = self._query_vectors(queries)
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -203,12 +220,12 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
             results = self._search_group([queries[n] for n in numbers], vectors[numbers], among)
             for number, result in zip(numbers, results, strict=True):
                 found[number] = result
-        frames, start = [], 0
+        answers, start = [], 0
         for request in requests:
             stop = start + len(request.queries)
-            frames.append(self._result_rows(found[start:stop], request.thumbnails))
+            answers.append(self._result_columns(found[start:stop], request.thumbnails))
             start = stop
-        return frames
+        return answers
 
     def _query_vectors(self, queries: list[Query]) -> np.ndarray:
         vectors = np.zeros((len(queries), self.index.dim), dtype=np.float32)
@@ -278,9 +295,10 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
         order = np.argsort(distances, kind="stable")[: query.k]
         return [(self.index.item_ids[keys[n]], float(distances[n])) for n in order]
 
-    def _result_rows(
+    def _result_columns(
         self, found: list[list[tuple[str, float]]], with_thumbnails: bool
-    ) -> pd.DataFrame:
+    ) -> dict[str, Any]:
+        """Result columns as arrays (item ids a list), one row per (query, rank)."""
         queries, ranks, item_ids, found_distances = [], [], [], []
         for query, results in enumerate(found):
             for rank, (item_id, distance) in enumerate(results):
@@ -289,17 +307,17 @@ class ImageSearchModel(mlflow.pyfunc.PythonModel):
                 item_ids.append(item_id)
                 found_distances.append(distance)
         positions = np.asarray([self._position[item_id] for item_id in item_ids], dtype=np.int64)
-        rows: dict[str, Any] = {
+        columns: dict[str, Any] = {
             "query": np.asarray(queries, dtype=np.int64),
             "rank": np.asarray(ranks, dtype=np.int64),
             "item_id": item_ids,
             "distance": np.asarray(found_distances, dtype=np.float64),
         }
         for column, values in self._metadata.items():
-            rows[column] = values[positions]
+            columns[column] = values[positions]
         if with_thumbnails and self._thumbnails is not None:
-            rows[THUMBNAIL_COLUMN] = self._thumbnails[positions]
-        return pd.DataFrame(rows)
+            columns[THUMBNAIL_COLUMN] = self._thumbnails[positions]
+        return columns
 
 
 class EmbeddingSearchModel(ImageSearchModel):
@@ -312,6 +330,8 @@ class EmbeddingSearchModel(ImageSearchModel):
         import tensorflow as tf
 
         self.index = EmbeddingIndex.load(Path(context.artifacts[INDEX_ARTIFACT]))
+        if self.config.search_blas_min_queries is not None:
+            use_blas_from(self.config.search_blas_min_queries, self.index.dim)
         self._saved_model = tf.saved_model.load(context.artifacts[EMBEDDING_MODEL_ARTIFACT])
         self._embed = self._saved_model.embed
         size, channels = self.config.image_size, self.config.channels
@@ -346,6 +366,15 @@ class EmbeddingSearchModel(ImageSearchModel):
             return self.index.search(embeddings, k, among)
         finally:
             faiss.omp_set_num_threads(previous)
+
+
+def use_blas_from(queries: int, dim: int) -> None:
+    """Exact (flat) search of `queries` or more queries at once through BLAS: one matrix
+    product instead of a scan per query, what makes a micro-batch cheaper per query than
+    single requests. faiss decides by queries × dimensions, process-wide."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = queries * dim
 
 
 def _check_same_ids(name: str, ids: list[str], other_name: str, other_ids: list[str]) -> None:

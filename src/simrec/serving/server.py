@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -22,6 +23,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.types.schema import DataType, Schema
 
 from simrec.config import ServingSettings
+from simrec.serving.contract import RequestRows
 from simrec.serving.limits import LimitError, RequestLimits, check_budget, drain, parse_json
 from simrec.serving.shutdown import run_until_terminated
 from simrec.serving.tokens import TokenError
@@ -36,6 +38,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/ping", "/health", "/version"})
 INVOCATIONS = "/invocations"
+CHECKED_REQUEST = "simrec.checked_request"  # scope key: what the guard read, for the model
 REQUEST_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 JSON_TYPE = "application/json"
 MAX_MESSAGE_CHARS = 2000
@@ -51,6 +54,14 @@ _STATUS_CODES = {
 }
 # MLflow wraps a model's own error message in a repr of the whole input frame.
 _PREDICT_PREFIX = re.compile(r"^Failed to predict data '.*?'\. \nError: ", re.S)
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A plain request the guard read and checked: its rows and its raw params."""
+
+    rows: RequestRows
+    params: dict[str, Any] | None
 
 
 class RequestError(Exception):
@@ -118,12 +129,54 @@ def _columns(parsed: Any) -> dict[str, list[Any]] | None:
     return None
 
 
+def _plain_value(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    )
+
+
+def plain_rows(request_format: str, payload: Any) -> RequestRows | None:
+    """The rows of a `dataframe_split` or `dataframe_records` request whose every value is a
+    string or an int64 (what a client sends), read straight from the JSON: MLflow's parsing
+    would turn them into a DataFrame holding the same values. None for anything else, which
+    then goes through MLflow's parsing."""
+    if request_format == "dataframe_split":
+        if not isinstance(payload, dict) or set(payload) != {"columns", "data"}:
+            return None
+        columns, data = payload["columns"], payload["data"]
+        if not isinstance(columns, list) or not isinstance(data, list):
+            return None
+        if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
+            return None
+        records = []
+        for row in data:
+            if not isinstance(row, list) or len(row) != len(columns):
+                return None
+            if not all(_plain_value(value) for value in row):
+                return None
+            records.append(dict(zip(columns, row, strict=True)))
+        return RequestRows(tuple(columns), records)
+    if request_format == "dataframe_records":
+        if not isinstance(payload, list) or not payload or not isinstance(payload[0], dict):
+            return None
+        columns = tuple(payload[0])
+        for record in payload:
+            if not isinstance(record, dict) or tuple(record) != columns:
+                return None
+            if not all(_plain_value(value) for value in record.values()):
+                return None
+        return RequestRows(columns, payload)
+    return None
+
+
 def check_invocation(
     body: bytes, schema: Schema | None, limits: RequestLimits | None = None
-) -> None:
+) -> CheckedRequest | None:
     """Reject a JSON scoring request that MLflow would misread, with a message saying why.
 
-    Parsing is MLflow's own (`infer_and_parse_data`), so the formats stay exactly MLflow's.
+    Parsing is MLflow's own (`infer_and_parse_data`), so the formats stay exactly MLflow's;
+    a plain request (`plain_rows`) is read without it, and comes back checked, for the model
+    to parse without reading the JSON again.
     """
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
@@ -146,12 +199,16 @@ def check_invocation(
     if "params" in request and not isinstance(request["params"], dict):
         raise RequestError(400, "'params' must be a JSON object")
     if schema is None or not schema.has_input_names():
-        return
-    try:
-        parsed = infer_and_parse_data({formats[0]: request[formats[0]]})
-    except MlflowException as error:
-        raise RequestError(400, error.message) from None
-    columns = _columns(parsed)
+        return None
+    rows = plain_rows(formats[0], request[formats[0]])
+    if rows is not None:
+        columns = {name: [record[name] for record in rows.records] for name in rows.columns}
+    else:
+        try:
+            parsed = infer_and_parse_data({formats[0]: request[formats[0]]})
+        except MlflowException as error:
+            raise RequestError(400, error.message) from None
+        columns = _columns(parsed)
     expected = f"this model takes {_describe_schema(schema)}"
     if columns is None:
         raise RequestError(400, f"the request has no named columns; {expected}")
@@ -180,6 +237,7 @@ def check_invocation(
             check_budget(columns, limits)
         except LimitError as error:
             raise RequestError(error.status, error.message) from None
+    return None if rows is None else CheckedRequest(rows, request.get("params"))
 
 
 def _clean_error(status: int, body: bytes) -> bytes:
@@ -216,6 +274,7 @@ class GuardedApp:
         limits: RequestLimits | None = None,
         max_drain_bytes: int = 0,
         open_paths: frozenset[str] = OPEN_PATHS,
+        inline_check_bytes: int = 0,
     ):
         if not token:
             raise TokenError("an API token is required")
@@ -226,6 +285,7 @@ class GuardedApp:
         self.input_schema = input_schema
         self.limits = limits
         self.max_drain_bytes = max_drain_bytes
+        self.inline_check_bytes = inline_check_bytes
 
     def _authorized(self, scope: Scope) -> bool:
         header = _header(scope, b"authorization") or ""
@@ -293,9 +353,15 @@ class GuardedApp:
                 f"send Content-Type: {JSON_TYPE} with one of {list(REQUEST_FORMATS)}; "
                 f"got {content_type or 'no Content-Type'!r}",
             )
-        # JSON parsing of a large body should not stall the event loop.
+        # JSON parsing of a large body should not stall the event loop; a small one costs
+        # less than the hand-over to a thread and back.
         try:
-            await asyncio.to_thread(check_invocation, body, self.input_schema, self.limits)
+            if len(body) <= self.inline_check_bytes:
+                checked = check_invocation(body, self.input_schema, self.limits)
+            else:
+                checked = await asyncio.to_thread(
+                    check_invocation, body, self.input_schema, self.limits
+                )
         except RequestError:
             raise
         except Exception as error:  # any JSON shape gets an answer, never a crash in here
@@ -303,6 +369,8 @@ class GuardedApp:
             raise RequestError(
                 400, f"the request could not be read as {list(REQUEST_FORMATS)}: {error!r}"
             ) from None
+        if checked is not None:
+            scope[CHECKED_REQUEST] = checked
 
     async def _forward(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         replayed = False
@@ -371,6 +439,7 @@ def create_app(
         limits,
         max_drain_bytes,
         frozenset(open_paths),
+        serving.guard_inline_bytes,
     )
     guarded.serving_app = app
     return guarded
