@@ -20,9 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # No allow-list is written here: a caller that names none gets serving.image_formats of
-# conf/simrec.yaml (`configured_formats`), where the defaults live. The name stays for
-# callers' signatures (`formats=DEFAULT_FORMATS`): None, i.e. "the configured ones".
-DEFAULT_FORMATS: Sequence[str] | None = None
+# conf/simrec.yaml (`configured_formats`), where the defaults live.
 
 # Pillow's own bomb check reads the module-global MAX_IMAGE_PIXELS, and some containers (an
 # ICO holding a PNG) decode inside Image.open. The global is set to the caller's limit for the

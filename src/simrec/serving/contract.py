@@ -32,7 +32,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from pydantic import BaseModel, ConfigDict
 
-from simrec.images import DEFAULT_FORMATS, InvalidImageError, open_image, to_array
+from simrec.images import InvalidImageError, open_image, to_array
 
 IMAGE_COLUMN = "image"
 ITEM_ID_COLUMN = "item_id"
@@ -138,7 +138,7 @@ def decode_image(
     max_pixels: int,
     size: int,
     channels: int,
-    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    formats: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, bytes]:
     """One base64 image string → (uint8 pixels (size, size, channels), the image's bytes);
     InvalidImageError naming the row otherwise."""
@@ -315,7 +315,7 @@ def _query(
         if item_id not in item_ids:
             raise InvalidQueryError(f"row {position}: unknown item_id {item_id!r}")
         return replace(query, item_id=item_id)
-    formats = getattr(limits, "image_formats", DEFAULT_FORMATS)
+    formats = limits.image_formats
     pixels, payload = decode_image(
         image, position, limits.max_image_pixels, image_size, channels, formats
     )
