@@ -126,7 +126,7 @@ class IndexSettings(_Section):
     metric: Literal["ip", "l2"] = "ip"
     # `auto`: exact (flat) up to this many items, `auto_large_kind` above (README: the rule).
     auto_flat_max_rows: int = Field(100_000, gt=0)
-    auto_large_kind: Literal["flat", "hnsw", "ivf"] = "ivf"
+    auto_large_kind: Literal["flat", "hnsw", "ivf"] = "hnsw"
     hnsw_m: int = 16
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 256
