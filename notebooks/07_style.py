@@ -2,9 +2,11 @@
 # MAGIC %md
 # MAGIC # 07 · "Complete the look": the furniture style recommender
 # MAGIC The same steps as `simrec style build`, `simrec style evaluate`, `simrec style recommend`
-# MAGIC and `simrec style register`: Gram-matrix style vectors of the IKEA catalog (PCA per layer),
-# MAGIC one faiss index per category, HR@n against the room scenes beside random ranking and a
-# MAGIC colour histogram, and the `simrec-style` pyfunc. Needs `01_ingest` (the catalog tables).
+# MAGIC and `simrec style register`: the featurizer chosen on held-out rooms (colour, product
+# MAGIC text, SqueezeNet Gram / pooled features, combinations; Gram vectors for a catalog too
+# MAGIC small to choose on), one faiss index per category, HR@n against the room scenes beside
+# MAGIC random ranking and a colour histogram, and the `simrec-style` pyfunc. Needs `01_ingest`
+# MAGIC (the catalog tables).
 # MAGIC Settings come from `load_settings()` (`SIMREC_CONFIG`).
 
 # COMMAND ----------
@@ -23,7 +25,12 @@ lake = Lakehouse(settings.lake.root)
 # COMMAND ----------
 
 built = build_style(settings, lake)
-built.run_id, len(built.catalog)
+(
+    built.run_id,
+    len(built.catalog),
+    built.bundle.meta["featurizer"],
+    built.bundle.meta["featurizer_choice"],
+)
 
 # COMMAND ----------
 

@@ -31,6 +31,8 @@ MAIN = REPO / "src" / "simrec" / "app" / "main.py"
 IKEA_DIR = REPO.parent / "shared" / "data" / "ikea"
 STYLE_SLICE = {
     "style.categories": ["chair", "table", "sofa"],
+    "style.featurizer": "gram",  # the app is the subject here, not the selection
+    "style.backbone": "vgg16",
     "style.weights": "random",
     "style.image_size": 48,
     "style.layers": ["block1_conv2", "block2_conv2"],

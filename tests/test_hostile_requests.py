@@ -52,6 +52,8 @@ WORK_STARTED_S = 8
 RSS_GROWTH_BOUND = 150 * 2**20
 STYLE_SLICE = {
     "style.categories": ["chair"],
+    "style.featurizer": "gram",
+    "style.backbone": "vgg16",
     "style.weights": "random",
     "style.image_size": 48,
     "style.layers": ["block1_conv2"],

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.slow
 IKEA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ikea"
 SLICE = {
     "style.categories": ["chair", "table", "sofa"],
+    "style.featurizer": "gram",  # the Gram path end to end; selection: test_style_select
+    "style.backbone": "vgg16",
     "style.weights": "random",
     "style.image_size": 48,
     "style.layers": ["block1_conv2", "block2_conv2"],

@@ -34,6 +34,8 @@ COLOURS = {
 }
 CATEGORIES = ("chair", "table", "sofa")
 TINY_STYLE = {
+    "style.featurizer": "gram",
+    "style.backbone": "vgg16",
     "style.weights": "random",
     "style.image_size": 32,
     "style.layers": ["block1_conv2", "block2_conv1"],

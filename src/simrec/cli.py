@@ -364,10 +364,12 @@ def style_build(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Gram style vectors of the catalog (PCA fitted on it) → one faiss index per category."""
+    """The featurizer chosen on held-out rooms (style.featurizer; Gram vectors for a catalog too
+    small to choose on) → one faiss index per category; prints the held-out figures."""
     from simrec.lake.tables import Lakehouse, TableMissingError
     from simrec.style.build import build_style
     from simrec.style.evaluate import evaluate_style_run
+    from simrec.style.select import table
 
     settings = _settings(config, set_)
     lake = Lakehouse(settings.lake.root)
@@ -375,8 +377,15 @@ def style_build(
         result = build_style(settings, lake, items_version, item_rooms_version)
     except (TableMissingError, ValueError, FileNotFoundError) as error:
         _fail(error)
-    typer.echo(f"run {result.run_id}: style bundle of {len(result.bundle.items)} items")
-    if evaluate:
+    meta = result.bundle.meta
+    typer.echo(
+        f"run {result.run_id}: style bundle of {len(result.bundle.items)} items, "
+        f"featurizer {meta['featurizer']} ({meta['featurizer_choice']})"
+    )
+    if result.selection is not None:  # in-sample figures of a selected bundle would flatter it
+        typer.echo("held out (nested cross-fit), HR@n model/colour/random:")
+        typer.echo(table(result.selection.heldout["selected"], settings.style.hit_at))
+    elif evaluate:
         typer.echo(evaluate_style_run(settings, lake, result.run_id).table())
 
 

@@ -236,6 +236,7 @@ class StyleSelectSettings(_Section):
     candidates: list[list[str]] = Field(min_length=1)  # each: block names, weighted together
     weight_grid: list[float] = Field(min_length=1)  # weights tried for each block after the first
     select_at: int = Field(ge=1)  # validation HR@select_at (pooled over pairs) chooses
+    min_items: int = Field(ge=1)  # below this many catalog items `style build` fits gram instead
     two_hop_rooms: int = Field(ge=0)  # two-hop: nearest room photos used per query (0 = off)
     two_hop_weights: list[float]  # weights tried for the two-hop score beside direct similarity
     bootstrap: int = Field(ge=0)  # bootstrap resamples of the queries for each interval
@@ -247,6 +248,7 @@ class StyleSelectSettings(_Section):
 class StyleSettings(_Section):
     """Gram-matrix style recommender ("complete the look")."""
 
+    featurizer: Literal["selected", "gram"]  # what `style build` fits and registers
     backbone: Literal["vgg16", "squeezenet", "keras_model"]
     # Both sections come from conf/simrec.yaml; None only so that the settings stored in
     # bundles saved before they existed still load.

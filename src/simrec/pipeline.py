@@ -55,7 +55,8 @@ class PipelineResult:
 
 
 def build_and_register_style(settings: Settings, lake: Lakehouse, promote: bool = True):
-    """Gram-style indexes over the catalog, registered as the style pyfunc and gated."""
+    """The style bundle `style build` makes (the featurizer chosen on held-out rooms, or Gram
+    vectors for a catalog too small to choose on), registered as the style pyfunc and gated."""
     built = build_style(settings, lake)
     return register_style(settings, lake, built.run_id, built.folder, promote)
 

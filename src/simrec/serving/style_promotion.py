@@ -1,7 +1,10 @@
 """The promotion gate of the furniture style model: mean HR@n over the judged pairs (enough
 queries) against the colour-histogram baseline on the same queries and pool, and against the
-current champion re-scored now; a learned bundle is scored on its held-out items only.
-Registration puts `challenger` on the new version; `champion` moves only when the gate passes."""
+current champion re-scored now. A selected bundle (`style build` / `style select`) is judged by
+the held-out figures of its run (every pair, each query scored by a model blind to it); a
+learned bundle on its held-out items; a Gram bundle, which learned nothing from rooms, on every
+eligible query. Registration puts `challenger` on the new version; `champion` moves only when
+the gate passes."""
 
 from __future__ import annotations
 
@@ -31,12 +34,28 @@ def style_figures(evaluation, hit_at: int) -> tuple[float, float]:
     return model, colour
 
 
-def _evaluate_version(settings: Settings, lake: Lakehouse, name: str, version: int):
+def heldout_means(figures: list[dict], hit_at: int) -> tuple[float, float]:
+    """(model, colour histogram) mean held-out HR@`hit_at` over a selection run's pairs."""
+    if not figures:
+        raise NoQuerySetError("the selection run recorded no pair with enough queries")
+    model = sum(row[f"hr_at_{hit_at}"] for row in figures) / len(figures)
+    colour = sum(row[f"colour_hr_at_{hit_at}"] for row in figures) / len(figures)
+    return model, colour
+
+
+def version_figures(settings: Settings, lake: Lakehouse, name: str, version: int):
+    """(model, colour) mean HR@`promotion.style_hit_at` of a registered version, as the module
+    docstring says each kind of bundle is judged."""
+    from simrec.style.build import BUNDLE_TAG
     from simrec.style.evaluate import evaluate_bundle
     from simrec.style.runs import load_run_bundle
+    from simrec.style.select import KIND, heldout_figures
 
+    hit_at = settings.promotion.style_hit_at
     run_id = mlflow.MlflowClient().get_model_version(name, str(version)).run_id
-    return evaluate_bundle(settings, lake, load_run_bundle(run_id))
+    if mlflow.get_run(run_id).data.tags.get(BUNDLE_TAG) == KIND:
+        return heldout_means(heldout_figures(run_id), hit_at)
+    return style_figures(evaluate_bundle(settings, lake, load_run_bundle(run_id)), hit_at)
 
 
 def promote_style(
@@ -51,9 +70,7 @@ def promote_style(
         update={"min_margin_over_baseline": rules.style_min_margin_over_colour}
     )
     try:
-        challenger, colour = style_figures(
-            _evaluate_version(settings, lake, name, version), rules.style_hit_at
-        )
+        challenger, colour = version_figures(settings, lake, name, version)
     except (NoQuerySetError, ValueError, KeyError) as error:
         reasons = [f"cannot measure: {error}"]
         decision = GateDecision(False, metric, None, None, None, None, reasons, "colour histogram")
@@ -65,9 +82,7 @@ def promote_style(
         current = None
     if current is not None and current != version:
         champion_version = current
-        champion, _ = style_figures(
-            _evaluate_version(settings, lake, name, current), rules.style_hit_at
-        )
+        champion, _ = version_figures(settings, lake, name, current)
     decision = decide(
         metric, challenger, colour, champion, champion_version, style_rules, "colour histogram"
     )

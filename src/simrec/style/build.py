@@ -1,5 +1,9 @@
-"""The style build step: catalog at pinned versions → style vectors (PCA fitted on the catalog)
-→ per-category indexes → a saved bundle, logged to MLflow with its lineage."""
+"""The style build step: catalog at pinned versions → the configured featurizer → per-category
+indexes → a saved bundle, logged to MLflow with its lineage.
+
+`style.featurizer: selected` (the default) builds what `style select` chooses on held-out rooms,
+with its held-out figures; a catalog too small to choose on (or `gram`) gets Gram vectors of
+`style.backbone` / `style.layers`. Either way the bundle records which featurizer and why."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -28,6 +33,9 @@ BUNDLE_ARTIFACT = "style"
 BUNDLE_TAG = "simrec.style.bundle"
 
 
+CHOICE_PARAM = "style_featurizer_choice"  # why the bundle holds the featurizer it holds
+
+
 @dataclass
 class StyleBuildResult:
     run_id: str | None
@@ -35,6 +43,7 @@ class StyleBuildResult:
     bundle: StyleBundle
     catalog: StyleCatalog
     seconds: float
+    selection: Any = None  # the StyleSelectResult (protocol, held-out figures) when selected
 
 
 def bundle_meta(kind: str, catalog: StyleCatalog, featurizer: StyleFeaturizer) -> dict:
@@ -106,6 +115,26 @@ def catalog_to_fit(
     return catalog
 
 
+def gram_reason(settings: Settings, catalog: StyleCatalog) -> str | None:
+    """Why `style build` fits Gram vectors rather than the selected featurizer (None: select)."""
+    style = settings.style
+    if style.featurizer == "gram":
+        return "style.featurizer: gram"
+    if style.select is None:
+        return "no style.select section"
+    if len(catalog) < style.select.min_items:
+        return (
+            f"catalog of {len(catalog)} items < style.select.min_items {style.select.min_items}: "
+            "too few held-out rooms to choose a featurizer on"
+        )
+    from simrec.style.protocol import catalog_pairs, co_occurrence
+
+    together = co_occurrence(catalog.ids, catalog.rooms)
+    if not catalog_pairs(catalog.categories, together, style.min_queries):
+        return f"no category pair with ≥ style.min_queries {style.min_queries} eligible queries"
+    return None
+
+
 def build_style(
     settings: Settings,
     lake: Lakehouse,
@@ -114,9 +143,22 @@ def build_style(
     output_dir: Path | None = None,
     track: bool = True,
 ) -> StyleBuildResult:
+    """The registered style bundle: the featurizer chosen on held-out rooms, or (see
+    `gram_reason`) Gram vectors of the configured backbone."""
     started = time.perf_counter()
     catalog = catalog_to_fit(settings, lake, items_version, item_rooms_version)
+    reason = gram_reason(settings, catalog)
+    if reason is None:
+        from simrec.style.select import select_style
+
+        selected = select_style(settings, lake, output_dir=output_dir, track=track, catalog=catalog)
+        return StyleBuildResult(
+            selected.run_id, selected.folder, selected.bundle, catalog, selected.seconds, selected
+        )
+    log.info("style build fits gram vectors: %s", reason)
     bundle = fit_style_bundle(settings, catalog)
+    bundle.meta["featurizer"] = f"gram ({settings.style.backbone})"
+    bundle.meta["featurizer_choice"] = reason
     folder = bundle.save(Path(output_dir or tempfile.mkdtemp(prefix="simrec-style-")))
     seconds = time.perf_counter() - started
     run_id = None
@@ -124,6 +166,7 @@ def build_style(
         setup_mlflow(settings.mlflow)
         with tracked_step("style_build", settings, run_name="style-build") as run:
             log_bundle(settings, bundle, catalog, folder)
+            mlflow.log_params({"style_featurizer": bundle.meta["featurizer"], CHOICE_PARAM: reason})
             mlflow.log_metric("style_build_seconds", seconds)
             run_id = run.info.run_id
     counts = ", ".join(f"{c} {len(i)}" for c, i in bundle.indexes.indexes.items())

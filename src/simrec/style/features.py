@@ -113,18 +113,23 @@ class StyleFeaturizer:
 
     def fit_transform(self, pixels: np.ndarray) -> np.ndarray:
         grams = self.gram_features(pixels)
+        return self.fit_grams(grams).project(grams)
+
+    def fit_grams(self, grams: list[np.ndarray]) -> StyleFeaturizer:
+        """Fit the per-layer PCAs on Gram features already computed (`gram_features`)."""
         self.pcas = [
             LayerPCA.fit(layer, self.settings.pca_dims, weight, self.settings.seed)
             for layer, weight in zip(grams, self.settings.layer_weights, strict=True)
         ]
-        return self._project(grams)
+        return self
 
     def transform(self, pixels: np.ndarray) -> np.ndarray:
+        return self.project(self.gram_features(pixels))
+
+    def project(self, grams: list[np.ndarray]) -> np.ndarray:
+        """Gram features (one array per layer) → style vectors, through the fitted PCAs."""
         if not self.pcas:
             raise ValueError("the featurizer is not fitted: call fit() or load() first")
-        return self._project(self.gram_features(pixels))
-
-    def _project(self, grams: list[np.ndarray]) -> np.ndarray:
         parts = [pca.transform(layer) for pca, layer in zip(self.pcas, grams, strict=True)]
         return l2_normalise(np.concatenate(parts, axis=1))
 

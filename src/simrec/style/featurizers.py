@@ -161,16 +161,11 @@ class GramBlock(Block):
         return np.split(np.asarray(raw, dtype=np.float32), edges, axis=1)
 
     def fit(self, raw: np.ndarray) -> GramBlock:
-        from simrec.style.features import LayerPCA
-
-        settings = self.featurizer.settings
-        self.featurizer.pcas = [
-            LayerPCA.fit(layer, settings.pca_dims, 1.0, settings.seed) for layer in self._split(raw)
-        ]
+        self.featurizer.fit_grams(self._split(raw))  # the Gram maths lives in StyleFeaturizer
         return self
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
-        return self.featurizer._project(self._split(raw))
+        return self.featurizer.project(self._split(raw))
 
     def save(self, folder: Path) -> None:
         super().save(folder)

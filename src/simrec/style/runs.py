@@ -12,7 +12,8 @@ from simrec.style.bundle import StyleBundle
 
 
 def latest_style_run_id(experiment: str, kind: str | None = None) -> str:
-    """The newest finished run with a style bundle (`kind`: "gram" or "learned", or either)."""
+    """The newest finished run with a style bundle (`kind`: "selected", "gram" or "learned",
+    or any)."""
     query = f"tags.`{BUNDLE_TAG}` {'= ' + repr(kind) if kind else 'LIKE ' + repr('%')}"
     run_id = newest_finished_run_id(experiment, query)
     if run_id is None:

@@ -29,7 +29,7 @@ from scipy import sparse
 from simrec.config import Settings, StyleSettings
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse
-from simrec.style.build import BUNDLE_TAG, catalog_to_fit, log_bundle
+from simrec.style.build import BUNDLE_TAG, CHOICE_PARAM, catalog_to_fit, log_bundle
 from simrec.style.bundle import StyleBundle, StyleEncoder
 from simrec.style.catalog import StyleCatalog, item_folds, split_rule
 from simrec.style.featurizers import Block, CombinedFeaturizer, combine, make_block
@@ -329,6 +329,8 @@ class Protocol:
 def run_protocol(rows: Rows, style: StyleSettings, pairs: list[str]) -> Protocol:
     count = style.train.folds
     candidates = [list(candidate) for candidate in style.select.candidates]
+    if [COLOUR] not in candidates:  # the baseline is always in the contest (and the figures)
+        candidates.insert(0, [COLOUR])
     per_fold: dict[str, list[list[PairOutcome]]] = {}
     folds_report, splits = [], []
     for test_fold in range(count):
@@ -395,6 +397,21 @@ def heldout_report(protocol: Protocol, style: StyleSettings) -> dict:
         key: [pair_figures(by_pair[pair], colour[pair], style) for pair in protocol.pairs]
         for key, by_pair in protocol.heldout.items()
     }
+
+
+def choice_reason(protocol: Protocol, style: StyleSettings) -> str:
+    """Why the winner won, in one line: its cross-validated HR beside colour's and the next."""
+    at = style.select.select_at
+    ranked = sorted(protocol.selection, key=lambda choice: -choice.validation_hr)
+    colour = next(choice for choice in protocol.selection if choice.name == COLOUR)
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    text = (
+        f"best cross-validated HR@{at} (mean over {len(protocol.pairs)} pairs): "
+        f"{ranked[0].name} {ranked[0].validation_hr:.3f}, colour {colour.validation_hr:.3f}"
+    )
+    if runner_up is not None and runner_up.name != COLOUR:
+        text += f", runner-up {runner_up.name} {runner_up.validation_hr:.3f}"
+    return text
 
 
 def validation_report(protocol: Protocol) -> dict:
@@ -466,10 +483,14 @@ def select_style(
     item_rooms_version: int | None = None,
     output_dir: Path | None = None,
     track: bool = True,
+    catalog: StyleCatalog | None = None,
 ) -> StyleSelectResult:
+    """Choose on held-out rooms, refit the winner on every item, bundle it (and log it with
+    the validation and held-out tables); `catalog`: already read at the pinned versions."""
     started = time.perf_counter()
     style = settings.style
-    catalog = catalog_to_fit(settings, lake, items_version, item_rooms_version)
+    if catalog is None:
+        catalog = catalog_to_fit(settings, lake, items_version, item_rooms_version)
     names = sorted({name for candidate in style.select.candidates for name in candidate} | {COLOUR})
     rows = gather_rows(settings, lake, catalog, names)
     pairs = catalog_pairs(rows.categories, rows.together, style.min_queries)
@@ -478,6 +499,7 @@ def select_style(
     heldout = heldout_report(protocol, style)
     validation = validation_report(protocol)
     bundle = fit_winner(rows, catalog, protocol.winner, style)
+    bundle.meta["featurizer_choice"] = choice_reason(protocol, style)
     bundle.meta["protocol"] = {
         "rule": split_rule(style.train.folds, 0).split(";")[0] + "; nested cross-fit",
         "folds": style.train.folds,
@@ -501,6 +523,7 @@ def select_style(
                     "style_featurizer": protocol.winner.name,
                     "style_featurizer_weights": json.dumps(list(protocol.winner.weights)),
                     "style_selection_rule": validation["rule"],
+                    CHOICE_PARAM: bundle.meta["featurizer_choice"][:500],  # MLflow's param limit
                 }
             )
             for key, figures in {"heldout": heldout["selected"], "colour": heldout[COLOUR]}.items():
