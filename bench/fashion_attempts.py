@@ -21,13 +21,11 @@ from bench.quality import (
     TIME_BUDGET_S,
     WORKSPACE,
     _prepare,
-    _test_and_catalog,
     _train_timed,
+    embedded_test_and_catalog,
 )
 from bench.results import load, record
 from simrec.evaluation.retrieval import retrieval_report
-from simrec.model.embedding import embed
-from simrec.runs import load_embedding_model
 
 SECTION = "fashion_attempts"
 
@@ -63,13 +61,8 @@ def attempt(name: str) -> dict[str, Any]:
     why, overrides = VARIANTS[name]
     settings, lake, table = _prepare(overrides, WORKSPACE.parent / "attempts")
     trained, seconds, load_during = _train_timed(settings, lake, table, f"attempt-{name}")
-    queries, catalog = _test_and_catalog(settings, lake, table)
-    model = load_embedding_model(trained.run_id)
     report = retrieval_report(
-        embed(model, queries.pixels),
-        queries.labels,
-        embed(model, catalog.pixels),
-        catalog.labels,
+        *embedded_test_and_catalog(settings, lake, table, trained.run_id),
         [1, 5],
         settings.index.metric,
     )

@@ -95,6 +95,21 @@ def _test_and_catalog(settings: Settings, lake: Lakehouse, table: TableVersion):
     )
 
 
+def embedded_test_and_catalog(
+    settings: Settings, lake: Lakehouse, table: TableVersion, run_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(query vectors, query labels, catalog vectors, catalog labels): the test split and the
+    train split embedded by the run's logged model."""
+    queries, catalog = _test_and_catalog(settings, lake, table)
+    model = load_embedding_model(run_id)
+    return (
+        embed(model, queries.pixels),
+        queries.labels,
+        embed(model, catalog.pixels),
+        catalog.labels,
+    )
+
+
 def run_speed(overrides: list[str]) -> dict[str, Any]:
     settings, lake, table = _prepare(overrides, WORKSPACE)
     rows, _ = split_validation(
@@ -110,13 +125,8 @@ def run_full(overrides: list[str]) -> dict[str, Any]:
     trained, train_seconds, load_during = _train_timed(settings, lake, table, "bench-quality")
     build_catalog_index(settings, lake, trained.run_id)
     report = evaluate(settings, lake, trained.run_id)
-    queries, catalog = _test_and_catalog(settings, lake, table)
-    model = load_embedding_model(trained.run_id)
     per_class = split_report(
-        embed(model, queries.pixels),
-        queries.labels,
-        embed(model, catalog.pixels),
-        catalog.labels,
+        *embedded_test_and_catalog(settings, lake, table, trained.run_id),
         HOLDOUT_CLASSES,
         settings.index.metric,
     )
