@@ -46,8 +46,11 @@ QUICK = {
     "train.epochs": 1,
     "train.steps_per_epoch": 30,
     "train.validation_queries": 200,
-    "style.categories": ["chair"],
+    "style.categories": ["chair", "bed"],  # two: a chair photo is answered with beds
     "style.weights": "random",
+    # The selected featurizer's heaviest block is the backbone's Gram vectors: built alone,
+    # in seconds, with the default backbone (what a request's memory depends on).
+    "style.featurizer": "gram",
 }
 MODELS = {"fashion": "models:/simrec-fashion@champion", "style": "models:/simrec-style@champion"}
 OVERLOAD_CLIENTS = 64

@@ -67,6 +67,9 @@ class RequestLimits(BaseModel):
     max_k: int
     max_batch_size: int
     max_image_pixels: int
+    # Pillow formats the decoder may try; None (bundles logged before the allow-list was
+    # recorded): serving.image_formats of the configuration.
+    image_formats: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def style_limits(settings) -> RequestLimits:
         max_k=settings.style.max_n,
         max_batch_size=settings.serving.max_batch_size,
         max_image_pixels=settings.serving.max_image_pixels,
+        image_formats=tuple(settings.serving.image_formats),
     )
 
 
