@@ -165,3 +165,36 @@ def test_hit_ratio_of_the_bundle_on_the_known_answer(built) -> None:
     assert chair_table.random == pytest.approx({1: 1 / 5, 2: 2 / 5})
     assert chair_table.colour[1] == 1.0  # colour alone solves this toy catalog too
     assert by_pair["sofa:chair"].model[1] == 1.0
+
+
+def test_served_model_encodes_a_request_in_bounded_chunks(built) -> None:
+    """A request's new photos go through the backbone `style.serve_encode_rows` at a time (what
+    bounds a server's memory per request), with the same answers as all at once."""
+    import base64
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from simrec.style.pyfunc import ARTIFACT_KEY, StylePyfunc, style_limits
+
+    settings, _, _, result = built
+    context = SimpleNamespace(artifacts={ARTIFACT_KEY: str(result.folder)})
+    # Photos not in the catalog (a catalog photo is answered from its stored vector).
+    photos = [_image((40 * n, 200 - 30 * n, 90), n % 3) for n in range(5)]
+    request = pd.DataFrame({"image": [base64.b64encode(photo).decode() for photo in photos]})
+
+    answers = {}
+    for rows in (2, None):
+        model = StylePyfunc(style_limits(settings), encode_rows=rows)
+        model.load_context(context)
+        encoder, sizes = model.bundle.encoder, []
+        encode = encoder.encode
+
+        def counting(pixels, encode=encode, sizes=sizes):
+            sizes.append(len(pixels))
+            return encode(pixels)
+
+        encoder.encode = counting
+        answers[rows] = model.predict(None, request)
+        assert sizes == ([2, 2, 1] if rows == 2 else [5])
+    pd.testing.assert_frame_equal(answers[2], answers[None], check_exact=False, atol=1e-5)

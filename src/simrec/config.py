@@ -264,6 +264,7 @@ class StyleSettings(_Section):
     mask_background: bool
     background_threshold: int
     batch_size: int
+    serve_encode_rows: int = Field(gt=0)  # a server's images through the backbone at a time
     metric: Literal["l2", "cosine"]
     categories: list[str]
     pairs: list[str]

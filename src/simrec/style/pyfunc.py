@@ -40,10 +40,12 @@ STYLE_CHANNELS = 3
 
 class StylePyfunc(mlflow.pyfunc.PythonModel):
     """Loads the bundle once; each row is one query. `predict` = `answer([parse(...)])`, as
-    for the fashion model: every image of the requests is encoded in one batch."""
+    for the fashion model: the requests' images are encoded together, in chunks of
+    `style.serve_encode_rows`."""
 
-    def __init__(self, limits: RequestLimits):
+    def __init__(self, limits: RequestLimits, encode_rows: int | None = None):
         self.limits = limits
+        self.encode_rows = encode_rows  # None: all of a request's images at once
         self.bundle = None
 
     def load_context(self, context) -> None:
@@ -98,7 +100,8 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
     def _query_vectors(self, queries: list[Query]) -> list[np.ndarray | None]:
         """Index vectors: a catalog item (named, or its very photo) gets its own indexed
         vector (which also holds what an image alone lacks, e.g. the product text); every
-        other image goes through the encoder, all of them as one batch."""
+        other image goes through the encoder, batched `style.serve_encode_rows` at a time
+        (one call per chunk, never per row: the chunk bounds the memory a request holds)."""
         from simrec.images import sha256_hex
 
         vectors: list[np.ndarray | None] = [None] * len(queries)
@@ -114,9 +117,12 @@ class StylePyfunc(mlflow.pyfunc.PythonModel):
             else:
                 images.append(n)
         if images:
-            encoded = self.bundle.encoder.encode(np.stack([queries[n].pixels for n in images]))
-            for n, vector in zip(images, encoded, strict=True):
-                vectors[n] = vector
+            rows = getattr(self, "encode_rows", None) or len(images)  # older pickles: None
+            for start in range(0, len(images), rows):
+                chunk = images[start : start + rows]
+                encoded = self.bundle.encoder.encode(np.stack([queries[n].pixels for n in chunk]))
+                for n, vector in zip(chunk, encoded, strict=True):
+                    vectors[n] = vector
         return vectors
 
     def _recommend(self, query: Query, vector: np.ndarray) -> list[dict[str, Any]]:
@@ -198,7 +204,7 @@ def log_style_pyfunc(
     )
     info = mlflow.pyfunc.log_model(
         name="style_model",
-        python_model=StylePyfunc(limits),
+        python_model=StylePyfunc(limits, settings.style.serve_encode_rows),
         artifacts={ARTIFACT_KEY: str(bundle_folder)},
         code_paths=[str(Path(__file__).resolve().parents[1])],
         signature=signature,
