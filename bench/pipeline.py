@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.results import fresh_workspace, record
+from bench.results import fresh_workspace, local_catalog, record
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse
@@ -27,14 +27,13 @@ from simrec.serving.package import package_run
 
 WORKSPACE = Path(__file__).resolve().parent / ".work" / "pipeline"
 GOAL_S = 10 * 60
-LOCAL_IKEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ikea"
 
 
 def main(overrides: list[str], config: str | None = None) -> dict[str, object]:
     is_default = not config and not overrides
     if config:
         os.environ["SIMREC_CONFIG"] = config
-    settings = fresh_workspace(WORKSPACE, overrides)
+    settings = fresh_workspace(WORKSPACE, overrides, local_catalog())  # as `make demo` runs
     lake = Lakehouse(settings.lake.root)
     load_before = os.getloadavg()[0]
     seconds: dict[str, float] = {}
@@ -49,10 +48,7 @@ def main(overrides: list[str], config: str | None = None) -> dict[str, object]:
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(settings.lake.fashion_table, ingested.version)
     mark = lap("ingest_fashion_mnist", mark)
-    # As `make demo` does: the checkout beside the repository when there is one, else the
-    # configured (verified) download.
-    local = LOCAL_IKEA if LOCAL_IKEA.is_dir() and not settings.catalog.source_dir else None
-    ingest_catalog(lake, settings.catalog, settings.lake, source_dir=local)
+    ingest_catalog(lake, settings.catalog, settings.lake)
     mark = lap("ingest_catalog", mark)
     trained = train(settings, lake, table, run_name="bench-pipeline")
     mark = lap("train", mark)

@@ -14,6 +14,8 @@ from pathlib import Path
 from simrec.config import Settings, load_settings
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results.json"
+# The IKEA checkout beside the repository (../shared), where there is one.
+LOCAL_IKEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ikea"
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -149,6 +151,12 @@ def render_readme(readme: Path = README, results: dict[str, dict] | None = None)
     if updated != text:
         readme.write_text(updated)
     return True
+
+
+def local_catalog() -> dict[str, object]:
+    """`catalog.source_dir` of the local checkout when there is one, as `make demo` sets it;
+    nothing otherwise (the configured, verified download)."""
+    return {"catalog.source_dir": str(LOCAL_IKEA)} if (LOCAL_IKEA / "images").is_dir() else {}
 
 
 def fresh_workspace(

@@ -29,7 +29,7 @@ import httpx
 import mlflow
 from PIL import Image
 
-from bench.results import fresh_workspace, record
+from bench.results import LOCAL_IKEA, fresh_workspace, record
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse
@@ -40,7 +40,6 @@ from simrec.style.build import build_style
 from simrec.style.pyfunc import log_style_pyfunc
 
 WORKSPACE = Path(__file__).resolve().parent / ".work" / "robustness"
-IKEA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ikea"
 QUICK = {
     "fashion_mnist.max_rows_per_split": 3000,
     "train.epochs": 1,
@@ -81,9 +80,9 @@ def _prepare(settings) -> None:
     trained = train(settings, lake, table, run_name="bench-robustness")
     package_run(settings, lake, trained.run_id, force=True)  # served, not gated, here
     source = WORKSPACE / "ikea"
-    shutil.copytree(IKEA_DIR / "text_data", source / "text_data")
+    shutil.copytree(LOCAL_IKEA / "text_data", source / "text_data")
     for category in settings.style.categories:
-        shutil.copytree(IKEA_DIR / "images" / category, source / "images" / category)
+        shutil.copytree(LOCAL_IKEA / "images" / category, source / "images" / category)
     ingest_catalog(lake, settings.catalog, settings.lake, source_dir=source)
     built = build_style(settings, lake)
     with mlflow.start_run(run_id=built.run_id):

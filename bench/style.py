@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.results import fresh_workspace, record
+from bench.results import fresh_workspace, local_catalog, record
 from simrec.lake.catalog import ingest_catalog
 from simrec.lake.tables import Lakehouse
 from simrec.serving.style_promotion import register_style
@@ -36,7 +36,6 @@ from simrec.style.build import build_style
 from simrec.style.select import COLOUR, heldout_figures, never_worse_than_colour
 
 WORKSPACE = Path(__file__).resolve().parent / ".work" / "style"
-LOCAL_IKEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ikea"  # else downloaded
 CACHE = Path(__file__).resolve().parent / ".work" / "style-features"  # survives fresh_workspace
 TARGET = {5: 0.40, 10: 0.55, 20: 0.75}
 TARGET_PAIR = "chair:table"
@@ -85,9 +84,7 @@ def pair_line(row: dict) -> str:
 
 
 def main(overrides: list[str]) -> dict[str, object]:
-    defaults: dict[str, object] = {"style.select.cache_dir": str(CACHE)}
-    if (LOCAL_IKEA / "images").is_dir():
-        defaults["catalog.source_dir"] = str(LOCAL_IKEA)
+    defaults = {"style.select.cache_dir": str(CACHE), **local_catalog()}
     settings = fresh_workspace(WORKSPACE, overrides, defaults)
     load_before = round(os.getloadavg()[0], 1)
     lake = Lakehouse(settings.lake.root)
