@@ -228,7 +228,7 @@ def parse_request(
             f"expected a column {IMAGE_COLUMN!r} (base64 image) or {ITEM_ID_COLUMN!r} (catalog "
             f"item), optionally {K_COLUMN!r} (integer) and filters {list(FILTERS)}; got {columns}"
         )
-    rows = len(model_input.records) if records is not None else len(model_input)
+    rows = len(records) if records is not None else len(model_input)
     if rows == 0:
         raise InvalidQueryError("the request holds no queries: send at least one row")
     if rows > limits.max_batch_size:
