@@ -418,17 +418,20 @@ def create_app(
     serving: ServingSettings | None = None,
     model_uri: str | None = None,
     limits: RequestLimits | None = None,
-    max_drain_bytes: int = 0,
+    max_drain_bytes: int | None = None,
 ) -> GuardedApp:
     """`model` (a loaded pyfunc, or the URI to load and follow) behind simrec's endpoints
     (`simrec.serving.endpoints`: micro-batching, /health, /version, /metrics), MLflow's
-    scoring app and the guard. `serving` defaults to the configuration's."""
+    scoring app and the guard. `serving` defaults to the configuration's, and so does
+    `max_drain_bytes` (`serving.max_drain_bytes`)."""
     from simrec.serving.endpoints import build_serving_app
 
     if serving is None:
         from simrec.config import load_settings
 
         serving = load_settings().serving
+    if max_drain_bytes is None:
+        max_drain_bytes = serving.max_drain_bytes
     app = build_serving_app(model, serving, model_uri)
     open_paths = OPEN_PATHS | ({"/metrics"} if serving.metrics_open else set())
     guarded = GuardedApp(
@@ -454,7 +457,7 @@ def serve(
     log_level: str = "info",
     serving: ServingSettings | None = None,
     limits: RequestLimits | None = None,
-    max_drain_bytes: int = 0,
+    max_drain_bytes: int | None = None,
     shutdown_seconds: float | None = None,
 ) -> None:
     """Load `model_uri` and serve it until interrupted (blocking); a `models:/NAME@ALIAS`
