@@ -13,8 +13,11 @@ times), then scores Recall@1 of all 10 000 test queries against the 60 000-image
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from typing import Any
+
+import yaml
 
 from bench.quality import (
     TARGET_RECALL_AT_1,
@@ -25,6 +28,7 @@ from bench.quality import (
     embedded_test_and_catalog,
 )
 from bench.results import load, record
+from bench.search import SEARCH_BEST
 from simrec.evaluation.retrieval import retrieval_report
 
 SECTION = "fashion_attempts"
@@ -55,6 +59,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
 }
+
+if SEARCH_BEST.exists():  # written by `python -m bench.search`
+    VARIANTS["search_best"] = (
+        "the best trial of bench.search (16 short SparkTrials trials on the validation split), "
+        "trained at the full budget",
+        [
+            f"{key}={json.dumps(value)}"
+            for key, value in yaml.safe_load(SEARCH_BEST.read_text()).items()
+        ],
+    )
 
 
 def attempt(name: str) -> dict[str, Any]:

@@ -36,8 +36,8 @@ SEARCH = {
     "tuning.parallelism": 2,
     "tuning.seed": 7,
     "train.max_rows": ROWS_PER_SPLIT,
-    "tuning.space.train.epochs": {"type": "choice", "options": [1, 2]},
-    "tuning.space.train.steps_per_epoch": {"type": "choice", "options": [50, 100]},
+    "train.epochs": 1,
+    "train.steps_per_epoch": 100,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "trials": {"tuning.trials": "local"},

@@ -37,11 +37,21 @@ TINY_SPACE = {
 }
 
 
-def test_default_space_samples_stay_within_the_configured_bounds() -> None:
-    settings = load_settings()
+# Knob shapes the default space may not hold: whole-number quniform, a choice among lists.
+SHAPED_KNOBS = [
+    "tuning.space.train={learning_rate: {type: loguniform, low: 0.001, high: 0.01},"
+    " epochs: {type: quniform, low: 2, high: 8, q: 1},"
+    " examples_per_class: {type: quniform, low: 4, high: 32, q: 4}}",
+    "tuning.space.model={conv_filters: {type: choice, options: [[32, 64], [32, 64, 128]]},"
+    " dropout: {type: uniform, low: 0.0, high: 0.3}}",
+]
+
+
+def _sample_and_check(settings) -> list[dict]:
     dimensions = settings.tuning.dimensions()
     space = search_space(settings)
     rng = np.random.default_rng(0)
+    samples = []
     for _ in range(50):
         knobs = plain_values(stochastic.sample(space, rng=rng))
         assert set(knobs) == set(dimensions)
@@ -51,11 +61,20 @@ def test_default_space_samples_stay_within_the_configured_bounds() -> None:
                 assert value in dimension.options
             else:
                 assert dimension.low <= value <= dimension.high, (key, value)
+        settings.with_overrides(knobs)  # every sample is a valid configuration
+        samples.append(knobs)
+    return samples
+
+
+def test_default_space_samples_stay_within_the_configured_bounds() -> None:
+    _sample_and_check(load_settings())
+
+
+def test_whole_number_and_list_knobs_sample_as_such() -> None:
+    for knobs in _sample_and_check(load_settings(overrides=SHAPED_KNOBS)):
         assert isinstance(knobs["train.epochs"], int)  # whole-number quniform → int
         assert knobs["train.examples_per_class"] % 4 == 0
         assert isinstance(knobs["model.conv_filters"], list)
-        # Every sample is a valid configuration.
-        settings.with_overrides(knobs)
 
 
 def test_space_is_validated_and_overridable_per_run() -> None:
@@ -73,13 +92,13 @@ def test_space_is_validated_and_overridable_per_run() -> None:
 
 
 def test_points_to_evaluate_take_knob_values_and_fill_in_the_configured_ones() -> None:
-    settings = load_settings()
+    settings = load_settings(overrides=SHAPED_KNOBS)
     assignment = point_to_assignment(settings, {"model.conv_filters": [32, 64]})
     options = settings.tuning.dimensions()["model.conv_filters"].options
     assert assignment["model.conv_filters"] == options.index([32, 64])  # hyperopt wants the index
     assert assignment["train.learning_rate"] == settings.train.learning_rate
     with pytest.raises(ValueError, match="not one of the choices"):
-        point_to_assignment(settings, {"model.embedding_dim": 7})
+        point_to_assignment(load_settings(), {"model.embedding_dim": 7})
 
 
 def test_failure_reasons_are_one_readable_line() -> None:
