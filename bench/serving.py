@@ -299,6 +299,8 @@ def main(overrides: list[str]) -> dict[str, object]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     simrec_serve = [sys.executable, "-m", "simrec.cli", "serve", "--model-uri", model_uri]
+    # The same overrides reach the server (serving.* settings such as the batching).
+    store += [f"--set={override}" for override in overrides]
     with _server(
         [*simrec_serve, "--port", str(port), *store], env, url, WORKSPACE / "simrec-serve.log"
     ) as pid:
@@ -361,10 +363,18 @@ def main(overrides: list[str]) -> dict[str, object]:
             "model": "default architecture, trained briefly here: latency only, not quality",
             "load": "thread pool in the benchmark process, one keep-alive http.client "
             "connection per thread, bodies encoded beforehand, loopback",
-            "servers": "one uvicorn worker each, access log on (the defaults)",
+            "servers": "one uvicorn worker each, access log on (the defaults); TensorFlow op "
+            "threads: simrec's serving.tensorflow_threads, mlflow's TensorFlow default",
             "batching": {
                 key: getattr(settings.serving, key)
-                for key in ("batch_max_rows", "batch_max_wait_ms", "queue_max_requests")
+                for key in (
+                    "batch_max_rows",
+                    "batch_max_wait_ms",
+                    "batch_wait_adaptive",
+                    "batch_workers",
+                    "queue_max_requests",
+                    "tensorflow_threads",
+                )
             },
             "machine_load": f"1-minute load average before the run: {load_before:.1f}",
             "overrides": {**QUICK_TRAINING, **dict(o.split("=", 1) for o in overrides)},

@@ -327,6 +327,35 @@ def test_a_failing_request_is_isolated_from_its_batch_mates() -> None:
     assert isinstance(answers[2], RuntimeError)
 
 
+def test_an_adaptive_wait_never_holds_a_lone_client_and_waits_for_known_peers() -> None:
+    model = _Poisoned()
+    batches: list[int] = []
+    batcher = MicroBatcher(
+        max_rows=16,
+        max_wait_s=0.5,
+        max_requests=16,
+        on_batch=lambda stats: batches.append(stats.requests),
+        adaptive_wait=True,
+    )
+
+    async def main() -> float:
+        started = time.monotonic()
+        for name in ("a", "b", "c"):  # one client, one request after the other
+            await batcher.submit(model, name, 1, 10.0)
+        alone = time.monotonic() - started
+        for burst in range(2):  # four clients at once, twice
+            await asyncio.gather(*(batcher.submit(model, f"{burst}{n}", 1, 10.0) for n in range(4)))
+        return alone
+
+    try:
+        alone = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert alone < 0.4, f"a lone client waited for peers that never come ({alone:.2f} s)"
+    assert batches[:3] == [1, 1, 1]
+    assert batches[-1] == 4, f"the second burst was not answered as one batch: {batches}"
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_timed_out_requests_never_start(
     fashion,
 ) -> None:

@@ -300,7 +300,9 @@ class ServingSettings(_Section):
     # Micro-batching, overload, readiness, registry follow (values: conf/simrec.yaml only).
     batch_max_rows: int = Field(gt=0)
     batch_max_wait_ms: float = Field(ge=0)
+    batch_wait_adaptive: bool
     batch_workers: int = Field(ge=0)  # 0: one per CPU
+    tensorflow_threads: int = Field(ge=0)  # 0: one per CPU
     queue_max_requests: int = Field(gt=0)
     request_timeout_s: float = Field(gt=0)
     retry_after_s: int = Field(ge=0)

@@ -7,6 +7,12 @@ that arrive while the model is busy queue up meanwhile), and answers them all wi
 (one embedding batch, one search per filter). Should that call fail, each request of the
 batch is answered on its own, so an error stays with the request that caused it.
 
+With `adaptive_wait` the worker waits only while its batch holds fewer requests than its
+share of those in flight at once of late: eight clients, each sending its next request as
+soon as its answer comes, are waited for (one model call instead of three); a lone client
+never waits. One worker collects at a time; the answers of a batch go back to the event
+loop in one hand-over.
+
 The queue is bounded: `submit` raises `QueueFullError` at once when it holds `max_requests`
 (the server answers 503 with Retry-After). A request whose deadline passed, or whose caller
 gave up, is dropped before it reaches the model.
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 _RUNNING: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+PEAK_WINDOW_S = 1.0  # an adaptive wait expects as many requests as were in flight of late
 
 
 @atexit.register
@@ -67,15 +74,35 @@ class _Entry:
     queued_at: float = field(default_factory=time.monotonic)
 
     def settle(self, result: pd.DataFrame | None, error: BaseException | None) -> None:
-        def apply() -> None:
-            if self.future.done():  # the caller gave up meanwhile
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)
+        deliver([(self, result, error)])
 
-        self.loop.call_soon_threadsafe(apply)
+    def apply(self, result: Any, error: BaseException | None) -> None:
+        """On the caller's event loop: the answer (or error) to the waiting caller."""
+        if self.future.done():  # the caller gave up meanwhile
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
+Settled = tuple[_Entry, Any, BaseException | None]
+
+
+def deliver(settled: list[Settled]) -> None:
+    """Hand answers to their callers' event loops, one hand-over per loop for all of them:
+    each `call_soon_threadsafe` writes to the loop's wake-up pipe (a system call and a
+    wake-up), which cost as much CPU per request as the JSON encoding of its answer."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
+    for item in settled:
+        by_loop.setdefault(item[0].loop, []).append(item)
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_apply_all, items)
+
+
+def _apply_all(items: list[Settled]) -> None:
+    for entry, result, error in items:
+        entry.apply(result, error)
 
 
 @dataclass
@@ -98,9 +125,20 @@ class MicroBatcher:
         max_requests: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         workers: int = 1,
+        adaptive_wait: bool = False,
     ):
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
+        self.adaptive_wait = adaptive_wait
+        # Requests submitted and not yet answered, and the most of them at once in this and
+        # the previous window of PEAK_WINDOW_S (what an adaptive wait waits for).
+        self._counting = threading.Lock()
+        self._in_flight = 0
+        self._peak = self._previous_peak = 0
+        self._window_ends = 0.0
+        # One worker at a time collects a batch (the others answer theirs meanwhile): two
+        # workers waiting side by side would split the same burst into two half batches.
+        self._collecting = threading.Lock()
         self._queue: queue.Queue[_Entry | None] = queue.Queue(maxsize=max_requests)
         self._on_batch = on_batch
         self._local = threading.local()  # per worker: the entry that did not fit its batch
@@ -147,12 +185,38 @@ class MicroBatcher:
             raise QueueFullError(
                 f"the server is busy: {self._queue.maxsize} requests already wait for the model"
             ) from None
+        self._count(+1)
         try:
             return await asyncio.wait_for(entry.future, timeout_s)
         except TimeoutError:
             raise RequestTimeoutError(
                 f"no answer within {timeout_s:g} s; the request was dropped"
             ) from None
+        finally:
+            self._count(-1)
+
+    def _count(self, change: int) -> None:
+        with self._counting:
+            self._in_flight += change
+            if change < 0:
+                return
+            now = time.monotonic()
+            if now >= self._window_ends:
+                recent = now - self._window_ends < PEAK_WINDOW_S
+                self._previous_peak = self._peak if recent else 0
+                self._peak = 0
+                self._window_ends = now + PEAK_WINDOW_S
+            self._peak = max(self._peak, self._in_flight)
+
+    def _worth_waiting(self, batch: int) -> bool:
+        """Whether more requests can be expected within the wait: `batch` holds fewer than
+        this worker's share of the requests in flight at once of late. A lone client (or
+        requests in step with the model) never waits; eight clients and two workers make
+        two batches of four, answered side by side."""
+        if not self.adaptive_wait:
+            return True
+        recent = max(self._peak, self._previous_peak)
+        return batch < -(-recent // len(self._workers))
 
     def close(self) -> None:
         self._stopped.set()
@@ -183,6 +247,10 @@ class MicroBatcher:
         return True
 
     def _collect(self) -> list[_Entry]:
+        with self._collecting:
+            return self._collect_one()
+
+    def _collect_one(self) -> list[_Entry]:
         first = None
         while first is None and not self._stopped.is_set():
             first = self._next(timeout=None)
@@ -193,8 +261,10 @@ class MicroBatcher:
         batch, rows = [first], first.rows
         closes = time.monotonic() + self.max_wait_s
         while rows < self.max_rows:
-            # Past the wait, still take what is already queued (timeout 0 does not block).
-            entry = self._next(timeout=max(closes - time.monotonic(), 0.0))
+            # Past the wait (or when no more are expected), still take what is already
+            # queued (timeout 0 does not block).
+            wait = closes - time.monotonic() if self._worth_waiting(len(batch)) else 0.0
+            entry = self._next(timeout=max(wait, 0.0))
             if entry is None:
                 break
             if not self._live(entry):
@@ -236,15 +306,14 @@ class MicroBatcher:
             rows += entry.rows
         return chunks
 
-    def _settle(self, entry: _Entry, answer: pd.DataFrame) -> None:
+    def _settled(self, entry: _Entry, answer: pd.DataFrame) -> Settled:
         if entry.finish is None:
-            entry.settle(answer, None)
-            return
+            return entry, answer, None
         try:
-            entry.settle(entry.finish(answer), None)
+            return entry, entry.finish(answer), None
         except Exception as error:
             log.exception("could not encode an answer")
-            entry.settle(None, error)
+            return entry, None, error
 
     def _answer(self, batch: list[_Entry]) -> None:
         by_model: dict[int, list[_Entry]] = {}
@@ -260,24 +329,26 @@ class MicroBatcher:
             except Exception:
                 log.warning("a batch of %d requests failed; answering each alone", len(entries))
                 self._report(entries, started, failed=True)
-                for entry in entries:
-                    self._answer_alone(entry)
+                deliver([self._answer_alone(entry) for entry in entries])
                 continue
             self._report(entries, started, failed=False)
-            for entry, answer in zip(entries, answers, strict=True):
-                self._settle(entry, answer)
+            deliver(
+                [
+                    self._settled(entry, answer)
+                    for entry, answer in zip(entries, answers, strict=True)
+                ]
+            )
 
-    def _answer_alone(self, entry: _Entry) -> None:
+    def _answer_alone(self, entry: _Entry) -> Settled:
         started = time.monotonic()
         try:
             answer = entry.model.answer([entry.request])[0]
         except Exception as error:
             log.exception("a request failed in the model")
             self._report([entry], started, failed=True)
-            entry.settle(None, error)
-            return
+            return entry, None, error
         self._report([entry], started, failed=False)
-        self._settle(entry, answer)
+        return self._settled(entry, answer)
 
     def _report(self, entries: list[_Entry], started: float, failed: bool) -> None:
         if self._on_batch is not None:

@@ -287,6 +287,7 @@ def build_serving_app(
         serving.queue_max_requests,
         on_batch=metrics.record_batch,
         workers=serving.batch_workers or available_cpus(),
+        adaptive_wait=serving.batch_wait_adaptive,
     )
     live.start()
     return ServingApp(

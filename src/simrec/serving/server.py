@@ -467,7 +467,12 @@ def serve(
 
     from simrec.serving.resources import available_cpus, size_tensorflow_threads
 
-    size_tensorflow_threads(available_cpus())  # before the model loads TensorFlow
+    if serving is None:
+        from simrec.config import load_settings
+
+        serving = load_settings().serving
+    # Before the model loads TensorFlow.
+    size_tensorflow_threads(serving.tensorflow_threads or available_cpus())
     app = create_app(
         None,
         token,
