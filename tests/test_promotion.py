@@ -12,7 +12,12 @@ from typer.testing import CliRunner
 
 from simrec.cli import app
 from simrec.config import configured_section
-from simrec.evaluation.bundle import load_search_model, score_bundle
+from simrec.evaluation.bundle import (
+    catalog_pixels,
+    load_search_model,
+    raw_pixel_baseline,
+    score_bundle,
+)
 from simrec.evaluation.queries import query_set_for
 from simrec.model.train import train
 from simrec.serving.bundle import registered_lineage, resolve_version
@@ -82,6 +87,10 @@ def test_the_figures_are_those_of_the_served_model(registry) -> None:
     rescored = score_bundle(model, queries, settings.evaluation)
     assert rescored.metrics == pytest.approx(first.evaluation.model)
     assert len(queries) == first.evaluation.queries == 3000
+    # Packaging handed its decoded catalog to the baseline; read from the table, the same.
+    items = catalog_pixels(model, registered_lineage(CHAMPION), model.index.live_item_ids())
+    baseline = raw_pixel_baseline(rescored, model, items, settings.evaluation)
+    assert baseline == pytest.approx(first.evaluation.baseline)
 
 
 def test_a_worse_challenger_is_refused_and_champion_stays(registry) -> None:

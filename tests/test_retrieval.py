@@ -10,6 +10,7 @@ from simrec.evaluation.retrieval import (
     exact_neighbours,
     recall_at_k,
     retrieval_report,
+    top_k,
 )
 
 
@@ -55,3 +56,21 @@ def test_report_on_separable_clusters_is_perfect_and_chunking_changes_nothing() 
         vectors, shuffled, vectors, shuffled, [1], "l2", exclude_self=True
     )
     assert random_report["map_at_r"] < 0.5
+
+
+def test_deep_top_k_keeps_each_rows_largest_scores_in_order() -> None:
+    # MAP@R's depth (a class's size) takes the sampled-threshold path; a row whose sampled
+    # columns hold its only large scores defeats the estimate and is ranked in full.
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(6, 4000)).astype(np.float32)
+    scores[1] = np.round(scores[1], 1)  # many ties
+    scores[2] = -10.0 - rng.random(4000)
+    scores[2, ::8] = 10.0 + rng.random(500)  # 500 high scores, all sampled: fewer than k
+    scores[3, ::5] = -np.inf
+    k = 600
+    found = top_k(scores, k)
+    for row in range(len(scores)):
+        expected = np.sort(scores[row])[::-1][:k]
+        assert np.array_equal(scores[row, found[row]], expected)
+        assert len(set(found[row].tolist())) == k
+    assert np.array_equal(top_k(scores, 3), np.argsort(-scores, axis=1, kind="stable")[:, :3])

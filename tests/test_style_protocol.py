@@ -151,3 +151,37 @@ def test_weighted_block_similarities_rank_like_the_combined_vectors() -> None:
         )(rows, pool)
         slow = cosine_scores(combine(parts, list(weights)))(rows, pool)
         np.testing.assert_array_equal(np.argsort(-fast, axis=1), np.argsort(-slow, axis=1))
+
+
+def test_pair_blocks_score_exactly_as_the_full_similarity_matrices() -> None:
+    """The protocol gathers each pair's (queries × pool) blocks once per split; every
+    weighting must then give exactly the hits `score_pair` gives on the full matrices."""
+    from simrec.style.protocol import pair_queries, score_pair
+    from simrec.style.select import gram_matrix, pair_blocks, weighted_outcomes, weighted_scores
+
+    rng = np.random.default_rng(2)
+    count = 60
+    parts = [rng.normal(size=(count, dim)).astype(np.float32) for dim in (4, 6)]
+    parts = [part / np.linalg.norm(part, axis=1, keepdims=True) for part in parts]
+    parts[1][5] = 0.0
+    categories = np.array(["chair", "table", "sofa"])[np.arange(count) % 3]
+    together = rng.random((count, count)) < 0.2
+    together = together | together.T
+    np.fill_diagonal(together, False)
+    split = Split(
+        fit=np.arange(count) % 4 != 0,
+        queries=np.arange(count) % 4 == 0,
+        pool=np.ones(count, bool),
+        label="test",
+    )
+    sims = [(gram_matrix(p), (p * p).sum(1)) for p in parts]
+    pairs = ["chair:table", "table:sofa", "sofa:chair"]
+    gathered = pair_blocks(sims, [pair_queries(categories, together, p, split) for p in pairs])
+    for weights in ((1.0, 0.25), (1.0, 4.0)):
+        scores = weighted_scores([s for s, _ in sims], [q for _, q in sims], weights)
+        slow = [score_pair(scores, categories, together, p, split, [1, 5]) for p in pairs]
+        fast = weighted_outcomes(gathered, weights, [1, 5])
+        for a, b in zip(fast, slow, strict=True):
+            assert np.array_equal(a.rows, b.rows) and a.pool_size == b.pool_size
+            for n in (1, 5):
+                assert np.array_equal(a.hits[n], b.hits[n])

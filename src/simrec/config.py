@@ -148,6 +148,7 @@ class EvaluationSettings(_Section):
     grid_k: int
     max_queries: int | None
     query_chunk: int = Field(gt=0)
+    search_threads: int | None = Field(gt=0)
     map_points: int = Field(gt=1)
     map_seed: int
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from simrec.config import EvaluationSettings
+from simrec.evaluation.decoded import DecodedItems
 from simrec.evaluation.queries import NoQuerySetError, QuerySet
 from simrec.evaluation.retrieval import average_precision_at_r, retrieval_report
 from simrec.images import decode_batch
@@ -76,10 +78,28 @@ def embed_queries(
     return np.concatenate(pixels), np.concatenate(embeddings)
 
 
-def _labels_of(found_ids: np.ndarray, item_index: pd.Index, item_labels: np.ndarray) -> np.ndarray:
-    positions = item_index.get_indexer(found_ids.ravel())
-    labels = np.append(item_labels, NO_LABEL)[np.where(positions < 0, len(item_labels), positions)]
-    return labels.reshape(found_ids.shape)
+def evaluation_threads(configured: int | None) -> int:
+    """faiss threads for evaluation's searches: `evaluation.search_threads`, or every core
+    this process may run on (the bundle's own `search_threads` is sized for a server's
+    parallel requests, not for one batch of thousands of deep queries)."""
+    if configured:
+        return configured
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _label_lookup(model: EmbeddingSearchModel, item_ids: list[str], item_labels: np.ndarray):
+    """faiss key → label (NO_LABEL past the items and for faiss's -1, "no result")."""
+    keys = np.asarray([model.index.key_of(item_id) for item_id in item_ids], dtype=np.int64)
+    lookup = np.full(int(keys.max()) + 2, NO_LABEL, dtype=np.int64)
+    lookup[keys] = item_labels
+
+    def labels_of(found_keys: np.ndarray) -> np.ndarray:
+        return lookup[np.where(found_keys < 0, len(lookup) - 1, found_keys)]
+
+    return labels_of
 
 
 def score_bundle(
@@ -108,15 +128,18 @@ def score_bundle(
     depth = min(depth, len(item_ids))
     log.info("scoring %d queries against %d bundled items", len(queries), len(item_ids))
     pixels, embeddings = embed_queries(model, queries.images)
-    item_index = pd.Index(item_ids)
+    labels_of = _label_lookup(model, item_ids, item_labels)
+    threads = evaluation_threads(settings.search_threads)
     hits = {k: np.zeros(len(queries), dtype=bool) for k in recall_at}
     precision = np.zeros(len(queries))
-    found_ids = np.empty((len(queries), min(max(recall_at), depth)), dtype=object)
+    found_keys = np.empty((len(queries), min(max(recall_at), depth)), dtype=np.int64)
     chunk = settings.query_chunk
     for start in range(0, len(queries), chunk):
         stop = min(start + chunk, len(queries))
-        ids, _ = model.search_embeddings(embeddings[start:stop], depth)
-        labels = _labels_of(ids, item_index, item_labels)
+        # The bundle's own search (`search_embeddings` maps these keys to ids), as keys:
+        # labels by array lookup, ids only for the results kept.
+        keys, _ = model.search_embedding_keys(embeddings[start:stop], depth, threads=threads)
+        labels = labels_of(keys)
         query_labels = queries.labels[start:stop]
         for k in recall_at:
             hits[k][start:stop] = (labels[:, :k] == query_labels[:, None]).any(axis=1)
@@ -124,8 +147,9 @@ def score_bundle(
             precision[start:stop] = average_precision_at_r(
                 query_labels, labels, np.minimum(relevant[start:stop], depth)
             )
-        found_ids[start:stop] = ids[:, : found_ids.shape[1]]
-    found_labels = _labels_of(found_ids, item_index, item_labels)
+        found_keys[start:stop] = keys[:, : found_keys.shape[1]]
+    found_ids = model.index.ids_of(found_keys)
+    found_labels = labels_of(found_keys)
 
     def summary(mask: np.ndarray, prefix: str = "") -> dict[str, float]:
         figures = {f"{prefix}recall_at_{k}": float(hits[k][mask].mean()) for k in recall_at}
@@ -151,9 +175,15 @@ def score_bundle(
 
 
 def catalog_pixels(
-    model: EmbeddingSearchModel, lineage: dict[str, Any], item_ids: list[str]
+    model: EmbeddingSearchModel,
+    lineage: dict[str, Any],
+    item_ids: list[str],
+    decoded: DecodedItems | None = None,
 ) -> np.ndarray:
-    """The bundled items' images from the bundle's source table, decoded as queries are."""
+    """The bundled items' images from the bundle's source table, decoded as queries are
+    (or taken from `decoded`, the same rows decoded so by the package step)."""
+    if decoded is not None:
+        return decoded.pixels_of(item_ids)
     lake = Lakehouse(Path(lineage["source_table_path"]).parent)
     rows = lake.read(
         lineage["source_table"],

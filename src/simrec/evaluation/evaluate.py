@@ -28,6 +28,7 @@ from simrec.evaluation.bundle import (
     raw_pixel_baseline,
     score_bundle,
 )
+from simrec.evaluation.decoded import DecodedItems
 from simrec.evaluation.plots import embedding_map, result_grid
 from simrec.evaluation.queries import query_set_for, read_query_set
 from simrec.lake.tables import Lakehouse
@@ -68,13 +69,17 @@ class EvaluationReport:
 
 
 def score_with_baseline(
-    settings: Settings, model: EmbeddingSearchModel, lineage: dict[str, Any]
+    settings: Settings,
+    model: EmbeddingSearchModel,
+    lineage: dict[str, Any],
+    decoded: DecodedItems | None = None,
 ) -> BundleScore:
-    """`model` scored on its fixed query set, with the raw-pixel baseline when configured."""
+    """`model` scored on its fixed query set, with the raw-pixel baseline when configured
+    (`decoded`: the catalog's images, already decoded as queries are)."""
     queries = query_set_for(lineage, settings.evaluation.max_queries)
     score = score_bundle(model, queries, settings.evaluation, settings.train.holdout_classes)
     if settings.evaluation.baseline == "raw_pixels":
-        items = catalog_pixels(model, lineage, model.index.live_item_ids())
+        items = catalog_pixels(model, lineage, model.index.live_item_ids(), decoded)
         score.baseline = raw_pixel_baseline(score, model, items, settings.evaluation)
     return score
 
@@ -85,6 +90,7 @@ def log_evaluation(
     lineage: dict[str, Any],
     score: BundleScore,
     run_id: str,
+    decoded: DecodedItems | None = None,
 ) -> EvaluationReport:
     """Metrics, the report and the two figures on run `run_id`."""
     report = EvaluationReport(
@@ -94,7 +100,7 @@ def log_evaluation(
         mlflow.log_metrics(report.flat_metrics())
         mlflow.log_dict(report.as_dict(), "evaluation/report.json")
         figures = {
-            "evaluation/result_grid.png": _grid(settings, model, lineage, score),
+            "evaluation/result_grid.png": _grid(settings, model, lineage, score, decoded),
             "evaluation/embedding_map.png": _map(settings, model, score),
         }
         for artifact, figure in figures.items():
@@ -120,12 +126,17 @@ def tag_version(name: str, version: int, report: EvaluationReport) -> None:
 
 
 def evaluate_bundle(
-    settings: Settings, model_uri: str, lineage: dict[str, Any], run_id: str
+    settings: Settings,
+    model_uri: str,
+    lineage: dict[str, Any],
+    run_id: str,
+    decoded: DecodedItems | None = None,
 ) -> EvaluationReport:
-    """Load `model_uri` as the server does, score it and log the figures on `run_id`."""
+    """Load `model_uri` as the server does, score it and log the figures on `run_id`
+    (`decoded`: its catalog's images, when the caller decoded them already)."""
     model = load_search_model(model_uri)
-    score = score_with_baseline(settings, model, lineage)
-    return log_evaluation(settings, model, lineage, score, run_id)
+    score = score_with_baseline(settings, model, lineage, decoded)
+    return log_evaluation(settings, model, lineage, score, run_id, decoded)
 
 
 def run_search_model(settings: Settings, run_id: str, folder: Path) -> EmbeddingSearchModel:
@@ -176,14 +187,20 @@ def _names(model: EmbeddingSearchModel, item_ids: list[str]) -> dict[int, str]:
     return {int(label): str(name) for label, name in zip(labels, names, strict=True)}
 
 
-def _grid(settings: Settings, model: EmbeddingSearchModel, lineage: dict[str, Any], score):
+def _grid(
+    settings: Settings,
+    model: EmbeddingSearchModel,
+    lineage: dict[str, Any],
+    score: BundleScore,
+    decoded: DecodedItems | None = None,
+):
     queries = score.queries
     count = min(settings.evaluation.grid_queries, len(queries))
     k = min(settings.evaluation.grid_k, score.found_ids.shape[1])
     picks = np.linspace(0, len(queries) - 1, count).astype(int)
     shown = [[item for item in score.found_ids[i, :k] if item is not None] for i in picks]
     needed = sorted({item for row in shown for item in row})
-    pixels = dict(zip(needed, catalog_pixels(model, lineage, needed), strict=True))
+    pixels = dict(zip(needed, catalog_pixels(model, lineage, needed, decoded), strict=True))
     name_of = _names(model, model.index.live_item_ids())
 
     def title(label: int) -> str:

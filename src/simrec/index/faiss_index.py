@@ -166,6 +166,19 @@ class EmbeddingIndex:
 
         `among` (keys) restricts the search to those items, inside faiss (an IDSelector), so
         an exact index returns k of them whenever it holds k."""
+        keys, distances = self.search_keys(embeddings, k, among)
+        return self.ids_of(keys), distances
+
+    def ids_of(self, keys: np.ndarray) -> np.ndarray:
+        """Item ids of faiss keys (None for -1, faiss's "no result")."""
+        return self._lookup()[np.where(keys < 0, len(self.item_ids), keys)]
+
+    def search_keys(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What `search` finds, as faiss keys (int64, -1 where fewer than k items) and
+        distances: deep searches (evaluation's MAP@R reads R results a query) map keys to
+        labels by array lookups instead of building millions of id strings."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {embeddings.shape}")
@@ -181,10 +194,8 @@ class EmbeddingIndex:
             distances = 1.0 - scores
         else:
             distances = np.sqrt(np.maximum(scores, 0.0))
-        lookup = self._lookup()
-        ids = lookup[np.where(keys < 0, len(self.item_ids), keys)]
         distances = np.where(keys < 0, np.inf, distances).astype(np.float32)
-        return ids, distances
+        return keys, distances
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

@@ -128,22 +128,27 @@ def saved_model_embedder(folder: Path, batch_size: int) -> Embedder:
 
 
 def embed_images(
-    embedder: Embedder, images: list[bytes], config: BundleConfig, batch_size: int
+    embedder: Embedder,
+    images: list[bytes],
+    config: BundleConfig,
+    batch_size: int,
+    decoded: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decode stored image bytes exactly as a query image is decoded, then embed them,
-    `batch_size` at a time (so a large table never sits in memory as pixels)."""
-    chunks = [
-        embedder(
-            decode_batch(
-                images[start : start + batch_size],
-                config.image_size,
-                config.channels,
-                config.max_image_pixels,
-                config.image_formats,
-            )
+    `batch_size` at a time (so a large table never sits in memory as pixels, unless the
+    caller asks for them: each decoded batch is appended to `decoded`)."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = decode_batch(
+            images[start : start + batch_size],
+            config.image_size,
+            config.channels,
+            config.max_image_pixels,
+            config.image_formats,
         )
-        for start in range(0, len(images), batch_size)
-    ]
+        if decoded is not None:
+            decoded.append(pixels)
+        chunks.append(embedder(pixels))
     if not chunks:
         return embedder(
             np.zeros((0, config.image_size, config.image_size, config.channels), np.uint8)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +32,7 @@ from PIL import Image
 
 import simrec
 from simrec.config import IndexSettings, Settings
+from simrec.evaluation.decoded import DecodedItems
 from simrec.images import open_image
 from simrec.index.faiss_index import EmbeddingIndex, build_index
 from simrec.index.scope import IMAGE_COLUMN as TABLE_IMAGE_COLUMN
@@ -106,6 +108,7 @@ class CatalogBundle:
     index: EmbeddingIndex
     items: pd.DataFrame  # id + metadata columns, one row per searchable item
     thumbnails: pd.DataFrame  # id, thumbnail (PNG bytes)
+    pixels: np.ndarray | None = None  # the items decoded as queries are (`keep_pixels`)
 
     def write(self, folder: Path) -> dict[str, str]:
         """Save the three artifacts under `folder`; their paths by bundle artifact key."""
@@ -121,13 +124,22 @@ class CatalogBundle:
         }
 
 
-def runtime_requirements() -> list[str]:
-    return [f"{name}=={version(name)}" for name in RUNTIME_DISTRIBUTIONS]
+def runtime_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    return [f"{name}=={version(name)}" for name in (*RUNTIME_DISTRIBUTIONS, *extra)]
 
 
 def thumbnail_png(payload: bytes, size: int, source: str = "image") -> bytes:
-    """A PNG that fits in `size`×`size` (shrunk, never enlarged), keeping the aspect ratio."""
+    """A PNG that fits in `size`×`size` (shrunk, never enlarged), keeping the aspect ratio.
+    A stored PNG that already fits, in a plain mode and with no ancillary metadata, is its
+    own thumbnail (re-encoding 60,000 such Fashion-MNIST images cost seconds for nothing)."""
     image = open_image(payload, source)
+    if (
+        image.format == "PNG"
+        and max(image.size) <= size
+        and image.mode in ("L", "RGB", "RGBA")
+        and not image.info
+    ):
+        return payload
     if image.mode not in ("L", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -179,20 +191,24 @@ def embed_catalog(
     thumbnail_size: int,
     batch_size: int,
     with_thumbnails: bool = True,
+    keep_pixels: bool = False,
 ) -> CatalogBundle:
     """A fresh bundle catalog from table rows (`id`, `image` and `item_columns`): every row
-    embedded and indexed, its metadata and (`with_thumbnails`) a thumbnail kept."""
+    embedded and indexed, its metadata and (`with_thumbnails`) a thumbnail kept; with
+    `keep_pixels` the decoded images too (what the raw-pixel baseline searches)."""
     if rows.num_rows == 0:
         raise ValueError("the catalog holds no rows: nothing to index")
     item_ids = [str(item_id) for item_id in rows.column(KEY_COLUMN).to_pylist()]
     images = rows.column(TABLE_IMAGE_COLUMN).to_pylist()
-    embeddings = embed_images(embedder, images, config, batch_size)
+    decoded: list[np.ndarray] | None = [] if keep_pixels else None
+    embeddings = embed_images(embedder, images, config, batch_size, decoded)
     return CatalogBundle(
         index=build_index(item_ids, embeddings, index_settings),
         items=item_frame(rows, item_columns),
         thumbnails=make_thumbnails(item_ids, images, thumbnail_size)
         if with_thumbnails
         else make_thumbnails([], [], thumbnail_size),
+        pixels=np.concatenate(decoded) if decoded else None,
     )
 
 
@@ -386,7 +402,11 @@ def package_run(
             metadata_columns(rows.column_names),
             serving.thumbnail_size,
             batch_size,
+            keep_pixels=True,
         )
+        # Evaluation's raw-pixel baseline searches these same rows, decoded the same way:
+        # handed over rather than read and decoded again.
+        decoded = DecodedItems(catalog.items[ITEM_ID_COLUMN].tolist(), catalog.pixels)
         images = example_images(rows, catalog.items[ITEM_ID_COLUMN].tolist())
         example = query_frame(images, [settings.recommend.k] * len(images))
         lineage = catalog_lineage(table, scope, catalog.index, training_run_id=run_id)
@@ -404,7 +424,9 @@ def package_run(
             settings=settings,
         )
     package = replace(package, timings={"package_s": time.perf_counter() - started})
-    return evaluate_and_promote(settings, package, "model", alias if promote else None, force)
+    return evaluate_and_promote(
+        settings, package, "model", alias if promote else None, force, decoded
+    )
 
 
 def evaluate_and_promote(
@@ -413,9 +435,11 @@ def evaluate_and_promote(
     kind: str,
     alias: str | None,
     force: bool = False,
+    decoded: DecodedItems | None = None,
 ) -> PackageResult:
     """Score the registered challenger through its pyfunc, log and tag the figures, then run
-    the gate towards `alias` (None: stay challenger)."""
+    the gate towards `alias` (None: stay challenger). `decoded`: the catalog's images as
+    packaging decoded them, when it has them."""
     from simrec.evaluation.evaluate import evaluate_bundle, tag_version
     from simrec.evaluation.queries import NoQuerySetError
     from simrec.serving.promotion import promote
@@ -424,7 +448,7 @@ def evaluate_and_promote(
     started = time.perf_counter()
     report = None
     try:
-        report = evaluate_bundle(settings, version_uri, package.lineage, package.run_id)
+        report = evaluate_bundle(settings, version_uri, package.lineage, package.run_id, decoded)
     except NoQuerySetError as error:
         log.warning("%s is not evaluated: %s", version_uri, error)
     else:

@@ -356,14 +356,26 @@ class EmbeddingSearchModel(ImageSearchModel):
         """Search embeddings already computed (`among`: only these faiss keys). Batch jobs
         embed in chunks, then search many queries at once: faiss only uses BLAS from ~1000
         queries of 128 dimensions."""
+        keys, distances = self.search_embedding_keys(embeddings, k, among)
+        return self.index.ids_of(keys), distances
+
+    def search_embedding_keys(
+        self,
+        embeddings: np.ndarray,
+        k: int,
+        among: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search_embeddings` as faiss keys (`EmbeddingIndex.search_keys`), on `threads`
+        faiss threads (None: `search_threads` of the bundle config)."""
         import faiss
 
         # faiss's OpenMP threads only add contention when the server already answers
         # requests in parallel; the setting is per calling thread, so restore it.
         previous = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.config.search_threads)
+        faiss.omp_set_num_threads(self.config.search_threads if threads is None else threads)
         try:
-            return self.index.search(embeddings, k, among)
+            return self.index.search_keys(embeddings, k, among)
         finally:
             faiss.omp_set_num_threads(previous)
 

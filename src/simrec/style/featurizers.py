@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from simrec.config import StyleBlockSettings, StyleSettings
 from simrec.style.backbone import build_backbone, load_backbone, save_backbone
-from simrec.style.colour import colour_histograms
+from simrec.style.colour import colour_codes, colour_histograms
 from simrec.style.features import StyleFeaturizer, l2_normalise
 from simrec.style.gram import foreground_mask, resize_mask
 
@@ -76,8 +76,7 @@ class ColourBlock(Block):
         mask = foreground_mask(pixels, self.style.background_threshold).astype(bool)
         bins = self.style.colour_bins
         out = np.zeros_like(histograms)
-        cells = (np.asarray(pixels).astype(np.int64) * bins) // 256
-        codes = (cells[..., 0] * bins + cells[..., 1]) * bins + cells[..., 2]
+        codes = colour_codes(pixels, bins)
         for row in range(len(pixels)):
             chosen = codes[row][mask[row]] if mask[row].any() else codes[row].ravel()
             out[row] = np.bincount(chosen, minlength=bins**3)

@@ -114,18 +114,40 @@ def score_pair(
     hit_at: list[int],
 ) -> PairOutcome:
     """HR@n of a scoring function (higher = better match) on one pair of a split."""
+    queries = pair_queries(categories, together, pair, split)
+    found = scores(queries.rows, queries.pool) if len(queries.rows) else None
+    return queries.outcome(found, hit_at)
+
+
+@dataclass(frozen=True)
+class PairQueries:
+    """One pair of a split: its eligible query rows, pool rows and which pool items are
+    relevant to each query; what every scoring of that pair reads (computed once)."""
+
+    pair: str
+    rows: np.ndarray
+    pool: np.ndarray
+    relevant: np.ndarray  # (Q, P) bool
+
+    def outcome(self, scores: np.ndarray | None, hit_at: list[int]) -> PairOutcome:
+        """HR@n from the (Q, P) scores of these queries against this pool."""
+        outcome = PairOutcome(self.pair, self.rows, len(self.pool), self.relevant.sum(axis=1))
+        if not len(self.rows):
+            outcome.hits = {n: np.zeros(0, bool) for n in hit_at}
+            return outcome
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(hit_at)]
+        ranked = np.take_along_axis(self.relevant, order, axis=1)
+        outcome.hits = {n: ranked[:, :n].any(axis=1) for n in hit_at}
+        return outcome
+
+
+def pair_queries(
+    categories: np.ndarray, together: np.ndarray, pair: str, split: Split
+) -> PairQueries:
     _, target = parse_pair(pair)
     rows = eligible(categories, together, pair, split)
     pool = np.flatnonzero(split.pool & (categories == target))
-    relevant = together[np.ix_(rows, pool)]
-    outcome = PairOutcome(pair, rows, len(pool), relevant.sum(axis=1))
-    if not len(rows):
-        outcome.hits = {n: np.zeros(0, bool) for n in hit_at}
-        return outcome
-    order = np.argsort(-scores(rows, pool), axis=1, kind="stable")[:, : max(hit_at)]
-    ranked = np.take_along_axis(relevant, order, axis=1)
-    outcome.hits = {n: ranked[:, :n].any(axis=1) for n in hit_at}
-    return outcome
+    return PairQueries(pair, rows, pool, together[np.ix_(rows, pool)])
 
 
 def cosine_scores(vectors: np.ndarray) -> Scores:

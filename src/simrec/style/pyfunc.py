@@ -171,6 +171,10 @@ def style_limits(settings) -> RequestLimits:
     )
 
 
+# What a style bundle imports beyond a fashion bundle: TF-IDF (scikit-learn, its joblib).
+STYLE_DISTRIBUTIONS = ("scikit-learn", "joblib")
+
+
 def log_style_pyfunc(
     bundle_folder: Path,
     registered_model_name: str | None,
@@ -202,11 +206,16 @@ def log_style_pyfunc(
         ),
         params=params_schema(),
     )
+    from simrec.serving.package import runtime_requirements
+
     info = mlflow.pyfunc.log_model(
         name="style_model",
         python_model=StylePyfunc(limits, settings.style.serve_encode_rows),
         artifacts={ARTIFACT_KEY: str(bundle_folder)},
         code_paths=[str(Path(__file__).resolve().parents[1])],
+        # Named, as the fashion bundle's are: MLflow's inference loads the model in a
+        # subprocess (~10 s here) and missed tensorflow, faiss and pillow, which it needs.
+        pip_requirements=runtime_requirements(STYLE_DISTRIBUTIONS),
         signature=signature,
         registered_model_name=registered_model_name,
     )

@@ -36,11 +36,13 @@ from simrec.style.featurizers import Block, CombinedFeaturizer, combine, make_bl
 from simrec.style.indexes import CategoryIndexes
 from simrec.style.protocol import (
     PairOutcome,
+    PairQueries,
     Scores,
     Split,
     catalog_pairs,
     co_occurrence,
     merge,
+    pair_queries,
     pooled_hit_ratio,
     score_pair,
     selection_splits,
@@ -73,6 +75,11 @@ class Rows:
     room_members: np.ndarray | None = None  # (R, N) bool: item in room photo
     blocks: dict[str, Block] = field(default_factory=dict)
     memo: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    # (N, N) similarities and squared norms of each block fitted on one fit mask (only the
+    # latest mask's are kept: 20 MB a block), and each split's pairs (`pair_queries`).
+    sims: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    sims_fit: str | None = None
+    pair_memo: dict[tuple[str, str], PairQueries] = field(default_factory=dict)
 
 
 def _cache_key(style: StyleSettings, name: str, catalog: StyleCatalog, what: str) -> str:
@@ -176,6 +183,68 @@ def fitted_block(rows: Rows, name: str, fit: np.ndarray) -> tuple[np.ndarray, np
     return items, photos
 
 
+def _mask_key(*masks: np.ndarray) -> str:
+    return hashlib.sha256(b"".join(np.packbits(mask).tobytes() for mask in masks)).hexdigest()
+
+
+def block_similarity(rows: Rows, name: str, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Block `name` fitted on the `fit` rows: its (N, N) similarities and squared row norms,
+    computed once per block and fit mask whatever the candidates that contain it."""
+    key = _mask_key(fit)
+    if rows.sims_fit != key:
+        rows.sims.clear()
+        rows.sims_fit = key
+    if name not in rows.sims:
+        items, _ = fitted_block(rows, name, fit)
+        rows.sims[name] = (gram_matrix(items), (items * items).sum(axis=1))
+    return rows.sims[name]
+
+
+def split_pairs(rows: Rows, split: Split, pairs: list[str]) -> list[PairQueries]:
+    """Each pair's queries, pool and relevance on `split`, computed once per split."""
+    key = _mask_key(split.queries, split.pool)
+    found = []
+    for pair in pairs:
+        if (key, pair) not in rows.pair_memo:
+            rows.pair_memo[key, pair] = pair_queries(rows.categories, rows.together, pair, split)
+        found.append(rows.pair_memo[key, pair])
+    return found
+
+
+def pair_blocks(
+    similarities: list[tuple[np.ndarray, np.ndarray]], queries: list[PairQueries]
+) -> list[tuple[PairQueries, list[np.ndarray], list[np.ndarray]]]:
+    """Each pair's (queries × pool) block of every block similarity, and the pool's squared
+    norms: gathered once, then every weighting of them is a small weighted sum."""
+    return [
+        (
+            pair,
+            [sim[np.ix_(pair.rows, pair.pool)] for sim, _ in similarities],
+            [squares[pair.pool] for _, squares in similarities],
+        )
+        for pair in queries
+    ]
+
+
+def weighted_outcomes(
+    blocks: list[tuple[PairQueries, list[np.ndarray], list[np.ndarray]]],
+    weights: tuple[float, ...],
+    hit_at: list[int],
+) -> list[PairOutcome]:
+    """`weighted_scores` on each pair's (queries × pool) block only: the same figures."""
+    outcomes = []
+    for pair, sims, squares in blocks:
+        scores = None
+        if len(pair.rows):
+            total = sum(w * sim for w, sim in zip(weights, sims, strict=True))
+            norm = np.sqrt(
+                np.maximum(sum(w * sq for w, sq in zip(weights, squares, strict=True)), 1e-12)
+            )
+            scores = total / norm
+        outcomes.append(pair.outcome(scores, hit_at))
+    return outcomes
+
+
 def fitted_parts(rows: Rows, names: list[str], fit: np.ndarray, rooms: bool = False):
     """Each block fitted on the `fit` rows only, then applied to every item (and room photo)."""
     parts = [fitted_block(rows, name, fit) for name in names]
@@ -203,10 +272,11 @@ def two_hop_scores(
         similarity[members[:, query_rows].T] = -np.inf  # the query's own rooms
         count = min(neighbours, similarity.shape[1])
         nearest = np.argsort(-similarity, axis=1)[:, :count]
-        credit = np.zeros_like(direct)
-        for row in range(len(query_rows)):
-            sims = np.maximum(similarity[row, nearest[row]], 0.0)
-            credit[row] = sims @ signal[np.ix_(nearest[row], pool_rows)] / count
+        # Each query's nearest rooms' similarities (others 0), times what each room credits.
+        chosen = np.zeros_like(similarity)
+        picked = np.arange(len(query_rows))[:, None], nearest
+        chosen[picked] = np.maximum(similarity[picked], 0.0)
+        credit = chosen @ signal[:, pool_rows].astype(np.float32) / count
         return direct + weight * credit
 
     return scores
@@ -254,26 +324,52 @@ def weighted_scores(sims: list[np.ndarray], squares: list[np.ndarray], weights) 
     return lambda query_rows, pool_rows: total[np.ix_(query_rows, pool_rows)] / norm[pool_rows]
 
 
+def _weight_outcomes(
+    rows: Rows, blocks: list[str], split: Split, pairs: list[str], style: StyleSettings
+) -> dict[tuple[float, ...], list[PairOutcome]]:
+    """Validation outcomes of every grid weighting of `blocks` on one split (fitted on its
+    training rows). cos(combine(q), combine(p)) = Σ wᵢ sᵢ(q, p) / (‖q‖ ‖p‖), ‖p‖² = Σ wᵢ ‖pᵢ‖²:
+    the block similarities are computed once, each weighting is then a weighted sum."""
+    select = style.select
+    similarities = [block_similarity(rows, name, split.fit) for name in blocks]
+    gathered = pair_blocks(similarities, split_pairs(rows, split, pairs))
+    return {
+        weights: weighted_outcomes(gathered, weights, [select.select_at])
+        for weights in weight_options(len(blocks), select.weight_grid)
+    }
+
+
+def _best_weights(blocks: list[str], hits: dict, at: int) -> Choice:
+    scored = {weights: pooled_hit_ratio(outcomes, at) for weights, outcomes in hits.items()}
+    best = max(scored, key=lambda weights: (scored[weights], -sum(weights)))
+    return Choice(list(blocks), best, scored[best])
+
+
 def choose_weights(
     rows: Rows, blocks: list[str], splits: list[Split], pairs: list[str], style: StyleSettings
 ) -> Choice:
     """The grid weights with the best validation HR (mean over pairs) over `splits` (fitted on each
     split's training rows)."""
-    select = style.select
-    at = select.select_at
-    hits: dict[tuple[float, ...], list[PairOutcome]] = {}
+    return choose_all(rows, [blocks], splits, pairs, style)[0]
+
+
+def choose_all(
+    rows: Rows,
+    candidates: list[list[str]],
+    splits: list[Split],
+    pairs: list[str],
+    style: StyleSettings,
+) -> list[Choice]:
+    """`choose_weights` of every candidate, split by split (each split's block similarities
+    serve every candidate that contains the block)."""
+    hits: list[dict[tuple[float, ...], list[PairOutcome]]] = [{} for _ in candidates]
     for split in splits:
-        parts, _ = fitted_parts(rows, blocks, split.fit)
-        # cos(combine(q), combine(p)) = Σ wᵢ sᵢ(q, p) / (‖q‖ ‖p‖), ‖p‖² = Σ wᵢ ‖pᵢ‖²: the
-        # block similarities are computed once, each weighting is then a weighted sum.
-        sims = [gram_matrix(part) for part in parts]
-        squares = [(part * part).sum(axis=1) for part in parts]
-        for weights in weight_options(len(blocks), select.weight_grid):
-            scores = weighted_scores(sims, squares, weights)
-            hits.setdefault(weights, []).extend(evaluate_split(rows, scores, split, pairs, [at]))
-    scored = {weights: pooled_hit_ratio(outcomes, at) for weights, outcomes in hits.items()}
-    best = max(scored, key=lambda weights: (scored[weights], -sum(weights)))
-    return Choice(list(blocks), best, scored[best])
+        for found, blocks in zip(hits, candidates, strict=True):
+            for weights, outcomes in _weight_outcomes(rows, blocks, split, pairs, style).items():
+                found.setdefault(weights, []).extend(outcomes)
+    at = style.select.select_at
+    chosen = zip(candidates, hits, strict=True)
+    return [_best_weights(blocks, found, at) for blocks, found in chosen]
 
 
 def choose_two_hop(
@@ -299,18 +395,17 @@ def choose_two_hop(
 def test_outcomes(
     rows: Rows, choice: Choice, split: Split, pairs: list[str], style: StyleSettings
 ) -> list[PairOutcome]:
-    use_rooms = choice.two_hop > 0
-    parts, photos = fitted_parts(rows, choice.blocks, split.fit, rooms=use_rooms)
-    if use_rooms:
+    if choice.two_hop > 0:
+        parts, photos = fitted_parts(rows, choice.blocks, split.fit, rooms=True)
         vectors = combine(parts, list(choice.weights))
         rooms = combine(photos, list(choice.weights))
         scores = two_hop_scores(
             vectors, rooms, rows.room_members, split, style.select.two_hop_rooms, choice.two_hop
         )
-    else:
-        sims = [gram_matrix(part) for part in parts]
-        scores = weighted_scores(sims, [(p * p).sum(axis=1) for p in parts], choice.weights)
-    return evaluate_split(rows, scores, split, pairs, style.hit_at)
+        return evaluate_split(rows, scores, split, pairs, style.hit_at)
+    similarities = [block_similarity(rows, name, split.fit) for name in choice.blocks]
+    gathered = pair_blocks(similarities, split_pairs(rows, split, pairs))
+    return weighted_outcomes(gathered, choice.weights, style.hit_at)
 
 
 # ---------------------------------------------------------------- the protocol
@@ -336,7 +431,7 @@ def run_protocol(rows: Rows, style: StyleSettings, pairs: list[str]) -> Protocol
     for test_fold in range(count):
         inner, outer = validation_splits(rows.folds, test_fold, count)
         splits.append((inner, outer))
-        choices = [choose_weights(rows, blocks, [inner], pairs, style) for blocks in candidates]
+        choices = choose_all(rows, candidates, [inner], pairs, style)
         chosen = max(choices, key=lambda c: c.validation_hr)  # first of equals: simpler listed
         hop = (
             choose_two_hop(rows, chosen, [inner], pairs, style)
@@ -365,7 +460,7 @@ def run_protocol(rows: Rows, style: StyleSettings, pairs: list[str]) -> Protocol
         for key, folds in per_fold.items()
     }
     deployment = selection_splits(rows.folds, count)
-    selection = [choose_weights(rows, blocks, deployment, pairs, style) for blocks in candidates]
+    selection = choose_all(rows, candidates, deployment, pairs, style)
     winner = max(selection, key=lambda choice: choice.validation_hr)
     return Protocol(pairs, selection, winner, folds_report, heldout, splits)
 
