@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from simrec.index.scope import IMAGE_COLUMN, KEY_COLUMN, LABEL_COLUMN
 from simrec.lake.tables import Lakehouse
 from simrec.serving.pyfunc import IMAGE_COLUMN as QUERY_IMAGE_COLUMN
 from simrec.serving.pyfunc import EmbeddingSearchModel
+from simrec.serving.resources import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,11 @@ def embed_queries(
 
 
 def evaluation_threads(configured: int | None) -> int:
-    """faiss threads for evaluation's searches: `evaluation.search_threads`, or every core
-    this process may run on (the bundle's own `search_threads` is sized for a server's
-    parallel requests, not for one batch of thousands of deep queries)."""
-    if configured:
-        return configured
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """faiss threads for evaluation's searches: `evaluation.search_threads`, or every CPU
+    this process may use (`available_cpus`: the cgroup limit, the scheduler's CPU set). The
+    bundle's own `search_threads` is sized for a server's parallel requests, not for one
+    batch of thousands of deep queries."""
+    return configured or available_cpus()
 
 
 def _label_lookup(model: EmbeddingSearchModel, item_ids: list[str], item_labels: np.ndarray):

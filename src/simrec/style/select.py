@@ -345,14 +345,6 @@ def _best_weights(blocks: list[str], hits: dict, at: int) -> Choice:
     return Choice(list(blocks), best, scored[best])
 
 
-def choose_weights(
-    rows: Rows, blocks: list[str], splits: list[Split], pairs: list[str], style: StyleSettings
-) -> Choice:
-    """The grid weights with the best validation HR (mean over pairs) over `splits` (fitted on each
-    split's training rows)."""
-    return choose_all(rows, [blocks], splits, pairs, style)[0]
-
-
 def choose_all(
     rows: Rows,
     candidates: list[list[str]],
@@ -360,8 +352,9 @@ def choose_all(
     pairs: list[str],
     style: StyleSettings,
 ) -> list[Choice]:
-    """`choose_weights` of every candidate, split by split (each split's block similarities
-    serve every candidate that contains the block)."""
+    """Per candidate (a list of blocks), the grid weights with the best validation HR (mean
+    over pairs) over `splits`, fitted on each split's training rows; split by split, so each
+    split's block similarities serve every candidate that contains the block."""
     hits: list[dict[tuple[float, ...], list[PairOutcome]]] = [{} for _ in candidates]
     for split in splits:
         for found, blocks in zip(hits, candidates, strict=True):
