@@ -218,6 +218,23 @@ def test_in_process_predict_answers_any_size_and_mode(model, images) -> None:
     assert "thumbnail" not in bare.columns and bare["item_id"].equals(results["item_id"])
 
 
+def test_served_answers_are_the_same_for_an_image_and_its_mirror(model, images) -> None:
+    # model.mirror_average: the bundle embeds every query with its left-right mirror, so a
+    # mirrored photo gets the very same answers (a plain CNN embedding is not mirror-invariant).
+    def png(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    photos = [Image.open(io.BytesIO(payload)) for payload in images.values()]
+    plain = model.predict(query_frame([png(p) for p in photos], [5] * len(photos)))
+    mirrored = model.predict(
+        query_frame([png(p.transpose(Image.FLIP_LEFT_RIGHT)) for p in photos], [5] * len(photos))
+    )
+    assert plain["item_id"].tolist() == mirrored["item_id"].tolist()
+    assert np.allclose(plain["distance"], mirrored["distance"], atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("mode", "image_format"),
     [("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("1", "PNG"),

@@ -50,7 +50,10 @@ def test_trained_embedding_beats_the_untrained_network(trained) -> None:
     test_rows = read_split(lake, table, "test", 28, 1, max_rows=1000)
     references = read_split(lake, table, "train", 28, 1)
     trained_model = load_embedding_model(result.run_id)
-    untrained = embedding_model(build_similarity_model(settings.model, seed=settings.train.seed))
+    untrained = embedding_model(
+        build_similarity_model(settings.model, seed=settings.train.seed),
+        settings.model.mirror_average,
+    )
 
     def recall(model) -> float:
         return retrieval_report(

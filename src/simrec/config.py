@@ -79,6 +79,7 @@ class ModelSettings(_Section):
     embedding_dim: int
     augment: bool
     augment_shift: int = Field(ge=0)  # pixels each way; the train step mirrors and shifts
+    mirror_average: bool  # inference embeds each image with its left-right mirror
 
 
 class TrainSettings(_Section):

@@ -56,6 +56,8 @@ def training_table(run_id: str) -> TableVersion:
 def load_embedding_model(run_id: str) -> tf.keras.Model:
     import tensorflow_similarity.layers  # noqa: F401  (registers MetricEmbedding for loading)
 
+    import simrec.model.mirror  # noqa: F401  (registers the mirror-averaging layers)
+
     return mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
 
 

@@ -351,7 +351,9 @@ def _train_worker(job: DistributedJob) -> WorkerReport:
     validation = None
     if rank == 0:
         validation_rows = _validation_rows(job)
-        validation = ValidationRecall(validation_rows, settings.train.validation_queries)
+        validation = ValidationRecall(
+            validation_rows, settings.train.validation_queries, settings.model.mirror_average
+        )
         if len(validation_rows) > 1:
             callbacks.append(validation)
         callbacks.append(MlflowEpochLogger())
@@ -400,7 +402,7 @@ def _train_worker(job: DistributedJob) -> WorkerReport:
                 example = validation.validation.pixels[:4]
                 if len(example) == 0:
                     example = _first_training_pixels(job, 4)
-                report.model_uri = log_model(model, example)
+                report.model_uri = log_model(model, example, settings)
     return report
 
 

@@ -13,6 +13,7 @@ from tensorflow_similarity.models import SimilarityModel
 
 from simrec.config import ModelSettings
 from simrec.model.backbone import conv_stack
+from simrec.model.mirror import mirrored
 from simrec.model.precision import float32_copy
 
 EMBEDDING_LAYER = "metric_embedding"
@@ -36,10 +37,13 @@ def build_similarity_model(
     return model_class(inputs, outputs, name="simrec_similarity")
 
 
-def embedding_model(model: tf.keras.Model) -> tf.keras.Model:
+def embedding_model(model: tf.keras.Model, mirror_average: bool) -> tf.keras.Model:
     """A plain float32 Keras model with the same graph and weights, for saving and serving
-    (a model trained under mixed precision is rebuilt with float32 layers)."""
+    (a model trained under mixed precision is rebuilt with float32 layers); with
+    `mirror_average`, it embeds each image with its mirror (`simrec.model.mirror`)."""
     model = float32_copy(model)
+    if mirror_average:
+        return mirrored(model)
     return tf.keras.Model(model.inputs, model.outputs, name="simrec_embedding")
 
 

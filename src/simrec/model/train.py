@@ -17,6 +17,7 @@ from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.data import LabelledImages, read_split, validation_mask
 from simrec.model.embedding import build_similarity_model, embed, embedding_model
 from simrec.model.feeding import class_balanced_batches
+from simrec.model.mirror import mirrored
 from simrec.model.precision import dtype_policy
 from simrec.model.progress import keras_verbosity
 from simrec.model.trainer import SimilarityTrainer
@@ -73,16 +74,18 @@ def split_validation(
 class ValidationRecall(tf.keras.callbacks.Callback):
     """Leave-one-out Recall@1 on the validation rows after each epoch; keeps the best weights."""
 
-    def __init__(self, validation: LabelledImages, max_queries: int):
+    def __init__(self, validation: LabelledImages, max_queries: int, mirror_average: bool):
         super().__init__()
         self.validation = validation
         self.max_queries = max_queries
+        self.mirror_average = mirror_average  # score the epoch as the saved model will embed
         self.best_recall = -1.0
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        embeddings = embed(self.model, self.validation.pixels)
+        model = mirrored(self.model) if self.mirror_average else self.model
+        embeddings = embed(model, self.validation.pixels)
         queries = min(self.max_queries, len(embeddings))
         if np.isfinite(embeddings).all():
             recall = retrieval_report(
@@ -183,9 +186,9 @@ def steps_per_epoch(settings: Settings, train_rows: int) -> int:
     return max(1, math.ceil(train_rows / batch))
 
 
-def log_model(model: tf.keras.Model, example: np.ndarray) -> str:
-    """Log the plain embedding model as an MLflow TensorFlow model; returns its URI."""
-    inference = embedding_model(model)
+def log_model(model: tf.keras.Model, example: np.ndarray, settings: Settings) -> str:
+    """Log the inference embedding model as an MLflow TensorFlow model; returns its URI."""
+    inference = embedding_model(model, settings.model.mirror_average)
     signature = mlflow.models.infer_signature(example, embed(inference, example))
     info = mlflow.tensorflow.log_model(inference, name=MODEL_ARTIFACT, signature=signature)
     return info.model_uri
@@ -219,7 +222,9 @@ def fit_and_validate(
         total_steps=settings.train.epochs * steps,
         classes=max(int(train_rows.labels.max()) + 1, len(settings.fashion_mnist.label_names)),
     )
-    validation = ValidationRecall(validation_rows, settings.train.validation_queries)
+    validation = ValidationRecall(
+        validation_rows, settings.train.validation_queries, settings.model.mirror_average
+    )
     callbacks: list[tf.keras.callbacks.Callback] = [*(extra_callbacks or []), MlflowEpochLogger()]
     if len(validation_rows) > 1:
         callbacks.insert(0, validation)
@@ -261,7 +266,7 @@ def train(
         mlflow.log_metrics(
             {"best_epoch": fitted.best_epoch, "best_val_recall_at_1": fitted.val_recall_at_1}
         )
-        model_uri = log_model(fitted.model, train_rows.pixels[:4])
+        model_uri = log_model(fitted.model, train_rows.pixels[:4], settings)
         return TrainResult(
             run_id=run.info.run_id,
             model_uri=model_uri,
