@@ -29,6 +29,8 @@ SMALL_MODEL = {
     "train.steps_per_epoch": 60,
     "train.examples_per_class": 8,
     "train.validation_queries": 200,
+    # tests read per-epoch validation curves; the default (0) trains on every row
+    "train.validation_fraction": 0.1,
     "evaluation.grid_queries": 3,
     # float32 whatever the CPU: a model this small gains nothing from bf16 (bench.fashion_attempts)
     # and its calibrated thresholds stay the same on every machine; tests/test_precision.py

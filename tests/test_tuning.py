@@ -160,7 +160,7 @@ def test_spark_search_logs_a_nested_run_per_trial_and_survives_failures(spark_se
     assert all(child.data.tags["simrec.trial.pid"] != str(os.getpid()) for child in children)
     # Scored on the validation rows carved from the (sliced) train split, never on test.
     train_ids = read_split(lake, table, "train", 28, 1, max_rows=settings.train.max_rows).ids
-    expected_validation = int(validation_mask(train_ids, settings.train.validation_fraction).sum())
+    expected_validation = int(validation_mask(train_ids, settings.tuning.validation_fraction).sum())
     for child in children:
         assert "trial_seconds" in child.data.metrics
         assert child.data.params["validation_rows"] == str(expected_validation)

@@ -372,6 +372,7 @@ class TuningSettings(_Section):
     timeout_s: int | None
     threads_per_trial: int | None
     best_params_file: Path
+    validation_fraction: float = Field(gt=0.0, lt=1.0)  # rows each trial is scored on
     points_to_evaluate: list[dict[str, Any]]
     # section -> knob -> distribution; a null knob is not searched.
     space: dict[str, dict[str, SearchDimension | None]]

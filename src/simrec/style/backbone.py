@@ -45,8 +45,19 @@ class Backbone:
             inputs = inputs @ np.array([[0.299], [0.587], [0.114]], dtype=np.float32)
         if self.preprocess == "vgg16":
             inputs = tf.keras.applications.vgg16.preprocess_input(inputs)
-        outputs = self.model.predict(inputs, batch_size=batch_size, verbose=0)
-        return [np.asarray(out) for out in (outputs if isinstance(outputs, list) else [outputs])]
+        if len(inputs) == 0:
+            return [np.zeros((0, *out.shape[1:]), np.float32) for out in self.model.outputs]
+        # predict_on_batch per chunk: `predict` builds a data pipeline on every call, which
+        # cost as much as the network itself for the 32-image batches style work passes.
+        chunks = [
+            self.model.predict_on_batch(inputs[start : start + batch_size])
+            for start in range(0, len(inputs), batch_size)
+        ]
+        chunks = [chunk if isinstance(chunk, list) else [chunk] for chunk in chunks]
+        return [
+            np.concatenate([np.asarray(chunk[n]) for chunk in chunks])
+            for n in range(len(chunks[0]))
+        ]
 
 
 def keras_cache_file(name: str) -> Path:

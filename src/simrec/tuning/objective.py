@@ -198,10 +198,10 @@ def _rows(context: TrialContext, settings: Settings) -> tuple[LabelledImages, La
         settings.model.channels,
         settings.train.max_rows,
         tuple(settings.train.holdout_classes),
-        settings.train.validation_fraction,
+        settings.tuning.validation_fraction,
     )
     if key not in _ROWS_CACHE:
         _ROWS_CACHE.clear()
         rows = training_rows(Lakehouse(context.lake_root), context.table, settings)
-        _ROWS_CACHE[key] = split_validation(rows, settings.train.validation_fraction)
+        _ROWS_CACHE[key] = split_validation(rows, settings.tuning.validation_fraction)
     return _ROWS_CACHE[key]
