@@ -136,3 +136,21 @@ def test_index_evaluate_and_recommend(trained, tmp_path: Path) -> None:
     broken.write_bytes(b"not an image at all")
     outcome = CliRunner().invoke(app, ["recommend", "--image", str(broken), *overrides])
     assert outcome.exit_code == 1 and "not a readable image" in outcome.output
+
+
+def test_without_a_validation_split_every_row_trains_and_the_last_epoch_is_kept(
+    fashion_lake, make_settings, tmp_path
+) -> None:
+    # The default (train.validation_fraction: 0): knobs are chosen by `simrec tune` on its own
+    # validation rows; the final model learns from every training row.
+    _, lake, table = fashion_lake
+    overrides = {"train.validation_fraction": 0.0, "train.epochs": 2, "train.steps_per_epoch": 5}
+    settings = make_settings(tmp_path, **overrides)
+    result = train(settings, lake, table)
+    params = mlflow.get_run(result.run_id).data.params
+    every_row = len(read_split(lake, table, "train", 28, 1))
+    assert (params["train_rows"], params["validation_rows"]) == (str(every_row), "0")
+    assert result.best_epoch == 0  # no epoch was chosen: the last one's weights are logged
+    client = mlflow.tracking.MlflowClient()
+    assert client.get_metric_history(result.run_id, "val_recall_at_1") == []
+    assert len(client.get_metric_history(result.run_id, "train_loss")) == 2

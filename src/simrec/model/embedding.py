@@ -43,7 +43,9 @@ def embedding_model(model: tf.keras.Model, mirror_average: bool) -> tf.keras.Mod
     `mirror_average`, it embeds each image with its mirror (`simrec.model.mirror`)."""
     model = float32_copy(model)
     if mirror_average:
-        return mirrored(model)
+        # A plain functional model inside, not the trainer itself: nesting the trainer would
+        # save its optimizer's graph too (e.g. Horovod's allreduce ops) into the inference model.
+        return mirrored(tf.keras.Model(model.inputs, model.outputs, name="simrec_network"))
     return tf.keras.Model(model.inputs, model.outputs, name="simrec_embedding")
 
 
