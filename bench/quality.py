@@ -97,19 +97,17 @@ def _test_and_catalog(settings: Settings, lake: Lakehouse, table: TableVersion):
 
 
 def embedded_test_and_catalog(
-    settings: Settings,
-    lake: Lakehouse,
-    table: TableVersion,
-    run_id: str,
-    mirror_average: bool = True,
+    settings: Settings, lake: Lakehouse, table: TableVersion, run_id: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(query vectors, query labels, catalog vectors, catalog labels): the test split and the
-    train split embedded by the run's logged model (`mirror_average` False: by the network
-    inside it, each image alone)."""
+    train split embedded by the run's logged model."""
     queries, catalog = _test_and_catalog(settings, lake, table)
-    model = load_embedding_model(run_id)
-    if not mirror_average:
-        model = single_view(model)
+    return _embedded(load_embedding_model(run_id), queries, catalog)
+
+
+def _embedded(
+    model, queries: LabelledImages, catalog: LabelledImages
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return (
         embed(model, queries.pixels),
         queries.labels,
@@ -133,16 +131,14 @@ def run_full(overrides: list[str]) -> dict[str, Any]:
     trained, train_seconds, load_during = _train_timed(settings, lake, table, "bench-quality")
     build_catalog_index(settings, lake, trained.run_id)
     report = evaluate(settings, lake, trained.run_id)
+    queries, catalog = _test_and_catalog(settings, lake, table)
+    model = load_embedding_model(trained.run_id)
     per_class = split_report(
-        *embedded_test_and_catalog(settings, lake, table, trained.run_id),
-        HOLDOUT_CLASSES,
-        settings.index.metric,
+        *_embedded(model, queries, catalog), HOLDOUT_CLASSES, settings.index.metric
     )
     # What model.mirror_average buys: the same trained network, each image embedded alone.
     single = retrieval_report(
-        *embedded_test_and_catalog(settings, lake, table, trained.run_id, mirror_average=False),
-        [1, 5],
-        settings.index.metric,
+        *_embedded(single_view(model), queries, catalog), [1, 5], settings.index.metric
     )
     return {
         "summary": {

@@ -42,11 +42,11 @@ def embedding_model(model: tf.keras.Model, mirror_average: bool) -> tf.keras.Mod
     (a model trained under mixed precision is rebuilt with float32 layers); with
     `mirror_average`, it embeds each image with its mirror (`simrec.model.mirror`)."""
     model = float32_copy(model)
-    if mirror_average:
-        # A plain functional model inside, not the trainer itself: nesting the trainer would
-        # save its optimizer's graph too (e.g. Horovod's allreduce ops) into the inference model.
-        return mirrored(tf.keras.Model(model.inputs, model.outputs, name="simrec_network"))
-    return tf.keras.Model(model.inputs, model.outputs, name="simrec_embedding")
+    # A plain functional model, also inside the mirrored one: nesting the trainer itself would
+    # save its optimizer's graph too (e.g. Horovod's allreduce ops) into the inference model.
+    name = "simrec_network" if mirror_average else "simrec_embedding"
+    plain = tf.keras.Model(model.inputs, model.outputs, name=name)
+    return mirrored(plain) if mirror_average else plain
 
 
 def embed(model: tf.keras.Model, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -79,13 +79,20 @@ class ValidationRecall(tf.keras.callbacks.Callback):
         self.validation = validation
         self.max_queries = max_queries
         self.mirror_average = mirror_average  # score the epoch as the saved model will embed
+        self._scorer: tf.keras.Model | None = None  # built once: shares the model's layers
         self.best_recall = -1.0
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
 
+    def _scoring_model(self) -> tf.keras.Model:
+        if not self.mirror_average:
+            return self.model
+        if self._scorer is None:  # one wrapper (and one traced predict) for every epoch
+            self._scorer = mirrored(self.model)
+        return self._scorer
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        model = mirrored(self.model) if self.mirror_average else self.model
-        embeddings = embed(model, self.validation.pixels)
+        embeddings = embed(self._scoring_model(), self.validation.pixels)
         queries = min(self.max_queries, len(embeddings))
         if np.isfinite(embeddings).all():
             recall = retrieval_report(

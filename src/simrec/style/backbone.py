@@ -53,11 +53,8 @@ class Backbone:
             self.model.predict_on_batch(inputs[start : start + batch_size])
             for start in range(0, len(inputs), batch_size)
         ]
-        chunks = [chunk if isinstance(chunk, list) else [chunk] for chunk in chunks]
-        return [
-            np.concatenate([np.asarray(chunk[n]) for chunk in chunks])
-            for n in range(len(chunks[0]))
-        ]
+        per_chunk = [chunk if isinstance(chunk, list) else [chunk] for chunk in chunks]
+        return [np.concatenate(layer) for layer in zip(*per_chunk, strict=True)]
 
 
 def keras_cache_file(name: str) -> Path:
