@@ -95,6 +95,14 @@ def measure(settings: Settings, rows: LabelledImages) -> dict[str, Any]:
         steps_per_epoch=steps,
     )
     contenders["with_multishot_sampler_feed"] = (model, sampler)
+    # The same feed with tf.data's autotuner back on (`simrec.model.feeding` turns it off).
+    model = compile_model(timed, total_steps=steps, classes=classes)
+    autotuned = tf.data.Options()
+    autotuned.autotune.enabled = True
+    contenders["with_tf_data_autotune"] = (
+        model,
+        training_batches(rows, timed, steps).with_options(autotuned),
+    )
     tf.keras.utils.set_random_seed(settings.train.seed)
     plain = plain_classifier(timed, classes)
     contenders["plain_keras_classifier"] = (plain, training_batches(rows, timed, steps))
