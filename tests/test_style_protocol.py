@@ -10,7 +10,7 @@ import pytest
 from simrec.config import load_settings
 from simrec.style.catalog import item_folds
 from simrec.style.featurizers import Block, ColourBlock
-from simrec.style.protocol import Split, co_occurrence, validation_splits
+from simrec.style.protocol import Split, co_occurrence, first_relevant_rank, validation_splits
 from simrec.style.select import Rows, run_protocol, two_hop_scores
 
 FOLDS = 5
@@ -185,3 +185,20 @@ def test_pair_blocks_score_exactly_as_the_full_similarity_matrices() -> None:
             assert np.array_equal(a.rows, b.rows) and a.pool_size == b.pool_size
             for n in (1, 5):
                 assert np.array_equal(a.hits[n], b.hits[n])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hit_ratio_ranks_as_a_stable_sort_of_the_scores(tied):
+    """HR@n from `first_relevant_rank` equals HR@n read off a stable sort of the whole row,
+    ties (many, when `tied`) in index order, NaN last, rows with nothing relevant never hit."""
+    rng = np.random.default_rng(int(tied))
+    for _ in range(200):
+        shape = (int(rng.integers(1, 12)), int(rng.integers(1, 40)))
+        scores = rng.integers(0, 4, shape).astype(float) if tied else rng.normal(size=shape)
+        scores[rng.random(shape) < 0.05] = np.nan
+        relevant = rng.random(shape) < rng.random()
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ranked = np.take_along_axis(relevant, order, axis=1)
+        rank = first_relevant_rank(scores, relevant)
+        for n in (1, 2, 5, 10, 100):
+            assert ((rank < n) == ranked[:, :n].any(axis=1)).all()

@@ -135,10 +135,29 @@ class PairQueries:
         if not len(self.rows):
             outcome.hits = {n: np.zeros(0, bool) for n in hit_at}
             return outcome
-        order = np.argsort(-scores, axis=1, kind="stable")[:, : max(hit_at)]
-        ranked = np.take_along_axis(self.relevant, order, axis=1)
-        outcome.hits = {n: ranked[:, :n].any(axis=1) for n in hit_at}
+        rank = first_relevant_rank(scores, self.relevant)
+        outcome.hits = {n: rank < n for n in hit_at}
         return outcome
+
+
+NONE_RELEVANT = np.iinfo(np.int64).max  # past any n
+
+
+def first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's best-ranked relevant item when the row is sorted by score,
+    highest first, ties in index order (a stable sort of -scores; NaN ranks last); the row's
+    rank `NONE_RELEVANT` where none is. HR@n is `rank < n`: no sort of the row needed."""
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    masked = np.where(relevant, scores, -np.inf)
+    best = masked.argmax(axis=1)  # the first of equal maxima: the stable order's first
+    # Every relevant score -inf (or NaN): argmax may have landed on an irrelevant -inf.
+    stray = ~np.take_along_axis(relevant, best[:, None], axis=1)[:, 0]
+    best = np.where(stray, relevant.argmax(axis=1), best)
+    best_score = np.take_along_axis(scores, best[:, None], axis=1)
+    before = (scores > best_score) | (
+        (scores == best_score) & (np.arange(scores.shape[1])[None, :] < best[:, None])
+    )
+    return np.where(relevant.any(axis=1), before.sum(axis=1), NONE_RELEVANT)
 
 
 def pair_queries(
