@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from bench.load import LoadSampler
 from bench.results import fresh_workspace, load, record
@@ -106,7 +107,7 @@ def embedded_test_and_catalog(
 
 
 def _embedded(
-    model, queries: LabelledImages, catalog: LabelledImages
+    model: tf.keras.Model, queries: LabelledImages, catalog: LabelledImages
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return (
         embed(model, queries.pixels),

@@ -148,7 +148,8 @@ def test_without_a_validation_split_every_row_trains_and_the_last_epoch_is_kept(
     settings = make_settings(tmp_path, **overrides)
     result = train(settings, lake, table)
     params = mlflow.get_run(result.run_id).data.params
-    every_row = len(read_split(lake, table, "train", 28, 1))
+    model = settings.model
+    every_row = len(read_split(lake, table, "train", model.image_size, model.channels))
     assert (params["train_rows"], params["validation_rows"]) == (str(every_row), "0")
     assert result.best_epoch == 0  # no epoch was chosen: the last one's weights are logged
     client = mlflow.tracking.MlflowClient()

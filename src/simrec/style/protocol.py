@@ -145,8 +145,8 @@ NONE_RELEVANT = np.iinfo(np.int64).max  # past any n
 
 def first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """0-based rank of each row's best-ranked relevant item when the row is sorted by score,
-    highest first, ties in index order (a stable sort of -scores; NaN ranks last); the row's
-    rank `NONE_RELEVANT` where none is. HR@n is `rank < n`: no sort of the row needed."""
+    highest first, ties in index order (a stable sort of -scores; NaN ranks last), or
+    `NONE_RELEVANT` for a row with no relevant item. HR@n is `rank < n`: no sort needed."""
     scores = np.where(np.isnan(scores), -np.inf, scores)
     masked = np.where(relevant, scores, -np.inf)
     best = masked.argmax(axis=1)  # the first of equal maxima: the stable order's first
