@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
 from simrec.config import EvaluationSettings
 from simrec.evaluation.decoded import DecodedItems
@@ -25,6 +24,7 @@ from simrec.evaluation.retrieval import average_precision_at_r, retrieval_report
 from simrec.images import decode_batch
 from simrec.index.scope import IMAGE_COLUMN, KEY_COLUMN, LABEL_COLUMN
 from simrec.lake.tables import Lakehouse
+from simrec.progress import progress
 from simrec.serving.pyfunc import IMAGE_COLUMN as QUERY_IMAGE_COLUMN
 from simrec.serving.pyfunc import EmbeddingSearchModel
 from simrec.serving.resources import available_cpus
@@ -70,7 +70,7 @@ def embed_queries(
     bundle's own request parsing and embedding."""
     batch = model.config.max_batch_size
     pixels, embeddings = [], []
-    for start in tqdm(range(0, len(images), batch), desc="embedding queries", leave=False):
+    for start in progress(range(0, len(images), batch), desc="embedding queries", leave=False):
         parsed = model.parse(_request(images[start : start + batch]))
         batch_pixels = np.stack([query.pixels for query in parsed.queries])
         pixels.append(batch_pixels)

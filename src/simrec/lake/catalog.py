@@ -28,13 +28,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from simrec.config import CatalogSettings, LakeSettings
 from simrec.images import InvalidImageError, open_image, sha256_hex
 from simrec.lake.sync import SyncResult
 from simrec.lake.tables import Lakehouse
 from simrec.lake.transaction import TableSync, sync_tables
+from simrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def read_images(
 ) -> list[bytes | None]:
     """Bytes for each path, or None (with a message appended to `problems`) if it is invalid."""
     payloads: list[bytes | None] = []
-    for path in tqdm(paths, desc=desc, unit="img"):
+    for path in progress(paths, desc=desc, unit="img"):
         try:
             payloads.append(read_image(path, settings))
         except InvalidImageError as error:

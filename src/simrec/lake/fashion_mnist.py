@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from simrec.config import FashionMnistSettings
 from simrec.images import encode_png, sha256_hex
 from simrec.lake.tables import Lakehouse, TableVersion
+from simrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def build_rows(
     source: str,
     ingested_at: datetime,
 ) -> pa.Table:
-    pngs = [encode_png(image) for image in tqdm(images, desc=f"encoding {split} PNGs", unit="img")]
+    bar = progress(images, desc=f"encoding {split} PNGs", unit="img")
+    pngs = [encode_png(image) for image in bar]
     return pa.table(
         {
             "id": [f"fmnist-{split}-{position:05d}" for position in range(len(images))],

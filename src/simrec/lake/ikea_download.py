@@ -31,9 +31,9 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import platformdirs
-from tqdm import tqdm
 
 from simrec.config import CatalogSettings
+from simrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def download_archive(url: str, target: Path, timeout_s: float) -> Path:
             total = start + int(length) if length is not None else None
             with (
                 open(partial, "ab" if start else "wb") as handle,
-                tqdm(
+                progress(
                     total=total, initial=start, unit="B", unit_scale=True, desc="IKEA dataset"
                 ) as bar,
             ):

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from simrec.images import decode_batch
 from simrec.lake.tables import Lakehouse, TableVersion
+from simrec.progress import progress
 
 
 @dataclass
@@ -66,7 +66,8 @@ def decode_rows(
     desc: str = "decoding",
 ) -> LabelledImages:
     images = rows.column("image").to_pylist()
-    pixels = decode_batch(tqdm(images, desc=desc, unit="img", leave=False), image_size, channels)
+    bar = progress(images, desc=desc, unit="img", leave=False)
+    pixels = decode_batch(bar, image_size, channels)
     return LabelledImages(
         ids=np.asarray(rows.column("id").to_pylist(), dtype=object),
         labels=np.asarray(rows.column(label_column).to_pylist(), dtype=np.int64),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
-from tqdm import tqdm
 
 from simrec.config import StyleSettings
+from simrec.progress import progress
 from simrec.style.backbone import Backbone, build_backbone, load_backbone, save_backbone
 from simrec.style.gram import foreground_mask, gram_features
 
@@ -87,7 +87,7 @@ class StyleFeaturizer:
         per_layer: list[list[np.ndarray]] = [[] for _ in self.backbone.layers]
         batch = self.settings.batch_size
         starts = range(0, len(pixels), batch)
-        for start in tqdm(
+        for start in progress(
             starts,
             desc="style features",
             unit="batch",

@@ -25,9 +25,9 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
-from tqdm import tqdm
 
 from simrec.config import StyleBlockSettings, StyleSettings
+from simrec.progress import progress
 from simrec.style.backbone import build_backbone, load_backbone, save_backbone
 from simrec.style.colour import colour_codes, colour_histograms
 from simrec.style.features import StyleFeaturizer, l2_normalise
@@ -194,7 +194,7 @@ class PooledBlock(Block):
         chunks = []
         batch = self.style.batch_size
         starts = range(0, len(pixels), batch)
-        for start in tqdm(
+        for start in progress(
             starts, desc="pooled features", unit="batch", leave=False, disable=len(starts) <= 1
         ):
             block = np.asarray(pixels[start : start + batch])
