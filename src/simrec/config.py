@@ -400,6 +400,14 @@ class BatchSettings(_Section):
     embed_batch_size: int = Field(gt=0)
 
 
+class PipelineSettings(_Section):
+    """`simrec pipeline`: which steps run beside each other (`simrec.background`)."""
+
+    style_beside_training: bool
+    background_priority: Literal["idle", "nice", "normal"]
+    background_threads: int | None = Field(gt=0)
+
+
 class Settings(_Section):
     lake: LakeSettings
     fashion_mnist: FashionMnistSettings
@@ -419,6 +427,7 @@ class Settings(_Section):
     reindex: ReindexSettings
     batch: BatchSettings
     promotion: PromotionSettings
+    pipeline: PipelineSettings
 
     @model_validator(mode="after")
     def _check_tuning_knobs(self) -> Settings:

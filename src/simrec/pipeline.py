@@ -5,9 +5,13 @@ model; then the furniture style indexes, registered too."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
+from simrec.background import BackgroundStep
 from simrec.config import Settings
 from simrec.evaluation.evaluate import EvaluationReport
 from simrec.lake.catalog import ingest_catalog
@@ -30,6 +34,7 @@ class PipelineResult:
     tracking_uri: str
     style_model_uri: str | None = None
     style_promotion: Any = None  # PromotionResult of the style gate, when it ran
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per step, `*_s`
 
     @property
     def evaluation(self) -> EvaluationReport | None:
@@ -54,9 +59,11 @@ class PipelineResult:
         )
 
 
-def build_and_register_style(settings: Settings, lake: Lakehouse, promote: bool = True):
+def build_and_register_style(settings: Settings, promote: bool = True):
     """The style bundle `style build` makes (the featurizer chosen on held-out rooms, or Gram
-    vectors for a catalog too small to choose on), registered as the style pyfunc and gated."""
+    vectors for a catalog too small to choose on), registered as the style pyfunc and gated.
+    Takes the settings alone (the lake is opened here), so it can run in a child process."""
+    lake = Lakehouse(settings.lake.root)
     built = build_style(settings, lake)
     return register_style(settings, lake, built.run_id, built.folder, promote)
 
@@ -65,22 +72,78 @@ def run_pipeline(
     settings: Settings, with_catalog: bool = True, promote: bool = True
 ) -> PipelineResult:
     """train → package (catalog embedded once) → evaluate the bundle → register as challenger
-    → gate → promote; then the furniture style model. Progress goes to this module's log."""
+    → gate → promote; the furniture style model is built and registered beside training
+    (`pipeline.style_beside_training`) or after it. Progress goes to this module's log."""
     tracking_uri = resolve_tracking_uri(settings.mlflow.tracking_uri)
     lake = Lakehouse(settings.lake.root)
+    timings: dict[str, float] = {}
+    lap = _Laps(timings)
     log.info("[1/5] ingesting Fashion-MNIST into %s", lake.path(settings.lake.fashion_table))
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(settings.lake.fashion_table, ingested.version)
+    lap("ingest_fashion_mnist_s")
     if with_catalog:
         where = settings.catalog.source_dir or "the verified download (catalog.cache_dir)"
         log.info("[2/5] ingesting the IKEA catalog from %s", where)
         ingest_catalog(lake, settings.catalog, settings.lake)
-    log.info("[3/5] training on %s v%s", table.name, table.version)
-    training = train(settings, lake, table)
-    log.info("[4/5] packaging, evaluating and gating %r", settings.serving.registered_model)
-    package = package_run(settings, lake, training.run_id, promote=promote)
-    style_model_uri = None
-    if with_catalog:
-        log.info("[5/5] building and registering the furniture style recommender")
-        style_model_uri, style_promotion = build_and_register_style(settings, lake, promote)
-    return PipelineResult(table, training, package, tracking_uri, style_model_uri, style_promotion)
+        lap("ingest_catalog_s")
+    with ExitStack() as stack:
+        style_step = None
+        if with_catalog and settings.pipeline.style_beside_training:
+            style_step = stack.enter_context(
+                BackgroundStep(
+                    "style build + registration",
+                    _timed,
+                    build_and_register_style,
+                    settings,
+                    promote,
+                    priority=settings.pipeline.background_priority,
+                    threads=settings.pipeline.background_threads,
+                )
+            )
+        beside = " (step 5, the furniture style model, runs beside it)" if style_step else ""
+        log.info("[3/5] training on %s v%s%s", table.name, table.version, beside)
+        training = train(settings, lake, table)
+        lap("train_s")
+        log.info("[4/5] packaging, evaluating and gating %r", settings.serving.registered_model)
+        package = package_run(settings, lake, training.run_id, promote=promote)
+        timings.update({step: round(value, 1) for step, value in package.timings.items()})
+        lap.restart()
+        style_model_uri = style_promotion = None
+        if style_step is not None:
+            log.info("[5/5] waiting for the furniture style recommender built beside training")
+            (style_model_uri, style_promotion), style_s = style_step.result()
+            lap("style_wait_s")
+            timings["style_build_and_register_s"] = round(style_s, 1)  # beside the others
+        elif with_catalog:
+            log.info("[5/5] building and registering the furniture style recommender")
+            style_model_uri, style_promotion = build_and_register_style(settings, promote)
+            lap("style_build_and_register_s")
+    timings["total_s"] = round(lap.total(), 1)
+    return PipelineResult(
+        table, training, package, tracking_uri, style_model_uri, style_promotion, timings
+    )
+
+
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return function(*args), time.perf_counter() - started
+
+
+class _Laps:
+    """Wall seconds of consecutive steps, written into `timings` as each one ends."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings = timings
+        self.started = self.mark = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timings[step] = round(now - self.mark, 1)
+        self.mark = now
+
+    def restart(self) -> None:
+        self.mark = time.perf_counter()
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
