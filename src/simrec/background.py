@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
 from threadpoolctl import threadpool_limits
 
+import simrec
 from simrec.progress import hide_progress_bars
 from simrec.serving.resources import size_tensorflow_threads
 
@@ -120,7 +123,16 @@ class BackgroundStep:
             name=f"simrec-{name}",
             daemon=True,
         )
-        self._process.start()
+        # The child imports simrec from the parent's sys.path: put the simrec this process runs
+        # first, so a model's bundled copy of the code that mlflow.pyfunc put on sys.path
+        # (code_paths, maybe since deleted) is not the one the child runs.
+        package_root = str(Path(simrec.__file__).resolve().parents[1])
+        saved = list(sys.path)
+        sys.path.insert(0, package_root)
+        try:
+            self._process.start()
+        finally:
+            sys.path[:] = saved
         answer.close()  # the child holds the only writing end: its death ends the pipe
 
     def result(self) -> Any:
