@@ -20,13 +20,22 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
+# The vector instructions that decide CPU training and inference speed: one "AMD EPYC" has
+# AVX-512 with bf16 (`train.precision: auto` trains in bf16 there, ~2× faster), another only
+# AVX2, and the same benchmark takes about 2.5× as long. Figures are comparable only between
+# machines with the same set.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or ""
+    cpu, named = platform.processor() or "", False
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("model name") and not named:
+                cpu, named = line.split(":", 1)[1].strip(), True
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     memory_gib = None
@@ -37,6 +46,7 @@ def machine() -> dict[str, object]:
         pass
     return {
         "cpu": cpu,
+        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags],
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
         "gpu": _gpus(),
@@ -95,6 +105,8 @@ def describe_machine(machine_info: object) -> str:
     ]
     shown = [d for d in details if d]
     text = str(machine_info.get("cpu") or "unknown CPU")
+    if "cpu_flags" in machine_info:  # sections recorded before it was, say nothing of it
+        text += f" [{' '.join(machine_info['cpu_flags']) or 'no AVX2'}]"
     if shown:
         text += f" ({', '.join(shown)})"
     if machine_info.get("python"):

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench.results import BEGIN, END, README, load, record, render_readme
+from bench.results import BEGIN, END, README, SPEED_FLAGS, load, record, render_readme
 
 RESULTS = {
     "fashion_quality": {
@@ -19,6 +19,10 @@ RESULTS = {
         "summary": {"p50_ms": 2.8, "throughput_rps": 1234.56, "note": "a|b\nc", "errors": 0},
         "measured_at": "2026-11-21T11:00:00+00:00",
         "machine": {"cpu": "EPYC B", "cores": 16, "gpu": "NVIDIA H100", "python": "3.11.7"},
+    },
+    "same_name_other_speed": {
+        "summary": {"train_s": 1300.0},
+        "machine": {"cpu": "EPYC B", "cpu_flags": ["avx2"], "cores": 2, "python": "3.11.7"},
     },
     "half_written": {"machine": {}},
 }
@@ -46,6 +50,8 @@ def test_each_section_names_its_machine_and_the_rest_of_the_readme_stays(tmp_pat
     assert fashion < serving
     assert "Xeon A (2 cores, 23.4 GiB RAM), Python 3.11.7" in block[fashion:serving]
     assert "EPYC B (16 cores, NVIDIA H100)" in block[serving:]
+    # one CPU name covers machines of very different speed: the vector ISA tells them apart
+    assert "EPYC B [avx2] (2 cores)" in block
     assert "| recall_at_1 | 0.9123 |" in block and "| target_met | no |" in block
     assert "| throughput_rps | 1234.6 |" in block and "| errors | 0 |" in block
     assert "| note | a\\|b c |" in block  # a cell never breaks the table
@@ -80,5 +86,7 @@ def test_record_stamps_the_machine_and_updates_file_and_table(tmp_path: Path) ->
     stored = load(results_file)
     assert set(stored) == {"older", "tiny"}
     assert stored["tiny"]["machine"]["cores"] and stored["tiny"]["measured_at"]
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    assert stored["tiny"]["machine"]["cpu_flags"] == [f for f in SPEED_FLAGS if f in flags]
     block = _block(readme.read_text())
     assert "**older**" in block and "**tiny**" in block and "| value | 0.5000 |" in block
