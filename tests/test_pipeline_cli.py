@@ -37,5 +37,7 @@ def test_simrec_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "lakehouse" / "catalog_items" / "_delta_log").is_dir()
     assert "models:/simrec-fashion@champion" in done.stdout
     assert "models:/simrec-style@champion" in done.stdout
-    # the style model was built beside training (pipeline.style_beside_training), in a child
-    assert "style build + registration: running in the background" in done.stderr
+    # the furniture half ran beside training (pipeline.style_beside_training), in a child
+    beside = "catalog ingest + style build + registration: running in the background"
+    assert beside in done.stderr
+    assert "ingesting the IKEA catalog" in done.stderr  # the child logs at the parent's levels
