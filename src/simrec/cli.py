@@ -828,10 +828,16 @@ def pipeline(
     set_: SetOption = None,
 ) -> None:
     """The main job: ingest, train, package + evaluate the bundle, gate and promote."""
+    from simrec.background import BackgroundStepError
+    from simrec.lake.catalog import CatalogSourceError
+    from simrec.lake.ikea_download import CatalogDownloadError
     from simrec.pipeline import run_pipeline
 
     settings = _settings(config, set_)
-    result = run_pipeline(settings, with_catalog=not skip_catalog, promote=promote)
+    try:
+        result = run_pipeline(settings, with_catalog=not skip_catalog, promote=promote)
+    except (CatalogSourceError, CatalogDownloadError, BackgroundStepError) as error:
+        _fail(error)
     typer.echo(result.summary(str(settings.lake.root), settings.mlflow.experiment))
     refused = [
         gate

@@ -14,7 +14,7 @@ from typing import Any
 from simrec.background import BackgroundStep
 from simrec.config import Settings
 from simrec.evaluation.evaluate import EvaluationReport
-from simrec.lake.catalog import ingest_catalog
+from simrec.lake.catalog import check_source, ingest_catalog, resolve_source
 from simrec.lake.fashion_mnist import ingest_fashion_mnist
 from simrec.lake.tables import Lakehouse, TableVersion
 from simrec.model.train import TrainResult, train
@@ -85,6 +85,15 @@ def furniture_step(settings: Settings, promote: bool = True) -> tuple[Any, Any, 
     return style_model_uri, style_promotion, timings
 
 
+def with_catalog_source(settings: Settings) -> Settings:
+    """`settings` with `catalog.source_dir` resolved to a checked folder (downloaded and
+    verified first when it is null): a wrong path or a failed download ends the pipeline
+    before training, not at the wait for the furniture half minutes later."""
+    source = resolve_source(settings.catalog)
+    check_source(source)
+    return settings.with_overrides({"catalog.source_dir": str(source)})
+
+
 def run_pipeline(
     settings: Settings, with_catalog: bool = True, promote: bool = True
 ) -> PipelineResult:
@@ -100,6 +109,7 @@ def run_pipeline(
     ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
     table = lake.pin(settings.lake.fashion_table, ingested.version)
     lap("ingest_fashion_mnist_s")
+    furniture_settings = with_catalog_source(settings) if with_catalog else settings
     with ExitStack() as stack:
         furniture = None
         if with_catalog and settings.pipeline.style_beside_training:
@@ -108,7 +118,7 @@ def run_pipeline(
                     "furniture catalog ingest + style build + registration",
                     _timed,
                     furniture_step,
-                    settings,
+                    furniture_settings,
                     promote,
                     priority=settings.pipeline.background_priority,
                     threads=settings.pipeline.background_threads,
@@ -131,7 +141,9 @@ def run_pipeline(
             timings["furniture_beside_s"] = round(beside_s, 1)
         elif with_catalog:
             log.info("[4/4] the furniture half: catalog ingest, style model")
-            style_model_uri, style_promotion, furniture_s = furniture_step(settings, promote)
+            style_model_uri, style_promotion, furniture_s = furniture_step(
+                furniture_settings, promote
+            )
             timings.update(furniture_s)
             lap.restart()
     timings["total_s"] = round(lap.total(), 1)
