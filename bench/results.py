@@ -21,23 +21,29 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 # The vector instructions that decide CPU training and inference speed: one "AMD EPYC" has
-# AVX-512 with bf16 (`train.precision: auto` trains in bf16 there, ~2× faster), another only
-# AVX2, and the same benchmark takes about 2.5× as long. Figures are comparable only between
+# AVX-512 with bf16 (`train.precision: auto` trains in bf16 there, ~1.65× float32), another
+# only AVX2 and is much slower at the same work. Figures are comparable only between
 # machines with the same set.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def machine() -> dict[str, object]:
-    cpu, named = platform.processor() or "", False
-    flags: set[str] = set()
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each /proc/cpuinfo field (the first CPU's), {} where there is none."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not named:
-                cpu, named = line.split(":", 1)[1].strip(), True
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        return fields
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def machine() -> dict[str, object]:
+    cpuinfo = _cpuinfo()
+    cpu = cpuinfo.get("model name") or platform.processor() or ""
+    flags = set(cpuinfo.get("flags", "").split())
     memory_gib = None
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +115,6 @@ def run_pipeline(
             furniture = stack.enter_context(
                 BackgroundStep(
                     "furniture catalog ingest + style build + registration",
-                    _timed,
                     furniture_step,
                     furniture_settings,
                     promote,
@@ -135,10 +133,10 @@ def run_pipeline(
         style_model_uri = style_promotion = None
         if furniture is not None:
             log.info("[4/4] waiting for the furniture half, run beside training")
-            (style_model_uri, style_promotion, furniture_s), beside_s = furniture.result()
+            style_model_uri, style_promotion, furniture_s = furniture.result()
             lap("style_wait_s")
             timings.update(furniture_s)  # seconds spent beside the steps above
-            timings["furniture_beside_s"] = round(beside_s, 1)
+            timings["furniture_beside_s"] = round(sum(furniture_s.values()), 1)
         elif with_catalog:
             log.info("[4/4] the furniture half: catalog ingest, style model")
             style_model_uri, style_promotion, furniture_s = furniture_step(
@@ -150,11 +148,6 @@ def run_pipeline(
     return PipelineResult(
         table, training, package, tracking_uri, style_model_uri, style_promotion, timings
     )
-
-
-def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    return function(*args), time.perf_counter() - started
 
 
 class _Laps:
