@@ -45,6 +45,19 @@ def test_training_logs_config_lineage_and_curves(trained) -> None:
     assert "effective_config.yaml" in [a.path for a in client.list_artifacts(result.run_id)]
 
 
+def test_the_logged_model_names_what_loading_it_needs(trained) -> None:
+    """Its pip requirements are named and pinned, not inferred by MLflow (which loads the model
+    in a subprocess for ~15 s and, doing so, missed tensorflow-similarity)."""
+    from importlib.metadata import version
+
+    _, _, _, result = trained
+    folder = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert f"tensorflow-similarity=={version('tensorflow-similarity')}" in requirements
+    assert f"tensorflow=={version('tensorflow')}" in requirements
+    assert f"simrec=={version('simrec')}" in requirements  # the mirror-averaging layers
+
+
 def test_trained_embedding_beats_the_untrained_network(trained) -> None:
     settings, lake, table, result = trained
     test_rows = read_split(lake, table, "test", 28, 1, max_rows=1000)

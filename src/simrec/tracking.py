@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,13 @@ _SQLITE_RELATIVE = re.compile(r"^sqlite:///(?!/)(.+)$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 # Store names MLflow resolves itself (Databricks workspaces, Unity Catalog registry).
 _NAMED_STORES = {"databricks", "databricks-uc"}
+
+
+def pinned_requirements(distributions: tuple[str, ...]) -> list[str]:
+    """`name==installed version` for each distribution: a logged model's pip requirements,
+    named rather than inferred (MLflow's inference loads the model in a subprocess, ~15 s
+    per model here, and guesses from what that load happened to import)."""
+    return [f"{name}=={version(name)}" for name in distributions]
 
 
 def _is_uri(text: str) -> bool:

@@ -21,11 +21,14 @@ from simrec.model.mirror import mirrored
 from simrec.model.precision import dtype_policy
 from simrec.model.progress import keras_verbosity
 from simrec.model.trainer import SimilarityTrainer
-from simrec.tracking import setup_mlflow, tracked_step
+from simrec.tracking import pinned_requirements, setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+# What loading the logged Keras model imports: its custom layers come from
+# tensorflow-similarity (MetricEmbedding) and simrec (the mirror-averaging layers).
+MODEL_DISTRIBUTIONS = ("mlflow", "tensorflow", "tensorflow-similarity", "numpy", "simrec")
 
 
 @dataclass
@@ -197,7 +200,12 @@ def log_model(model: tf.keras.Model, example: np.ndarray, settings: Settings) ->
     """Log the inference embedding model as an MLflow TensorFlow model; returns its URI."""
     inference = embedding_model(model, settings.model.mirror_average)
     signature = mlflow.models.infer_signature(example, embed(inference, example))
-    info = mlflow.tensorflow.log_model(inference, name=MODEL_ARTIFACT, signature=signature)
+    info = mlflow.tensorflow.log_model(
+        inference,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        pip_requirements=pinned_requirements(MODEL_DISTRIBUTIONS),
+    )
     return info.model_uri
 
 

@@ -15,7 +15,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ from simrec.serving.pyfunc import (
     EmbeddingSearchModel,
     ImageSearchModel,
 )
-from simrec.tracking import setup_mlflow, tracked_step
+from simrec.tracking import pinned_requirements, setup_mlflow, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ class CatalogBundle:
 
 
 def runtime_requirements(extra: tuple[str, ...] = ()) -> list[str]:
-    return [f"{name}=={version(name)}" for name in (*RUNTIME_DISTRIBUTIONS, *extra)]
+    return pinned_requirements((*RUNTIME_DISTRIBUTIONS, *extra))
 
 
 def thumbnail_png(payload: bytes, size: int, source: str = "image") -> bytes:
