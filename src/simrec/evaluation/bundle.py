@@ -227,4 +227,5 @@ def raw_pixel_baseline(
         "l2",
         settings.map_at_r,
         query_chunk=settings.query_chunk,
+        threads=evaluation_threads(settings.search_threads),
     )
