@@ -41,9 +41,12 @@ def test_simrec_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "lakehouse" / "catalog_items" / "_delta_log").is_dir()
     assert "models:/simrec-fashion@champion" in done.stdout
     assert "models:/simrec-style@champion" in done.stdout
-    # the furniture half ran beside training (pipeline.style_beside_training), in a child
+    # the furniture half ran beside the ingest and training (pipeline.style_beside_training),
+    # in a child started first, so the single-threaded Fashion-MNIST ingest leaves it a core
     beside = "catalog ingest + style build + registration: running in the background"
     assert beside in done.stderr
+    ingest = next(line for line in done.stderr.splitlines() if "[1/4] ingesting" in line)
+    assert "the furniture half, runs beside it" in ingest
     assert "ingesting the IKEA catalog" in done.stderr  # the child logs at the parent's levels
 
 

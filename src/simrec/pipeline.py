@@ -20,7 +20,7 @@ from simrec.model.train import TrainResult, train
 from simrec.serving.package import PackageResult, package_run
 from simrec.serving.style_promotion import register_style
 from simrec.style.build import build_style
-from simrec.tracking import resolve_tracking_uri
+from simrec.tracking import resolve_tracking_uri, setup_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,18 @@ def run_pipeline(
 ) -> PipelineResult:
     """train → package (catalog embedded once) → evaluate the bundle → register as challenger
     → gate → promote; the furniture half (catalog ingest, style model built, registered and
-    gated) runs beside training (`pipeline.style_beside_training`) or after it. Progress goes
-    to this module's log."""
+    gated) runs beside the ingest and training (`pipeline.style_beside_training`) or after
+    them. Progress goes to this module's log."""
     tracking_uri = resolve_tracking_uri(settings.mlflow.tracking_uri)
+    setup_mlflow(settings.mlflow)  # the store and experiment exist before the child opens them
     lake = Lakehouse(settings.lake.root)
     timings: dict[str, float] = {}
     lap = _Laps(timings)
-    log.info("[1/4] ingesting Fashion-MNIST into %s", lake.path(settings.lake.fashion_table))
-    ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
-    table = lake.pin(settings.lake.fashion_table, ingested.version)
-    lap("ingest_fashion_mnist_s")
     furniture_settings = with_catalog_source(settings) if with_catalog else settings
     with ExitStack() as stack:
         furniture = None
         if with_catalog and settings.pipeline.style_beside_training:
+            # Started first: the Fashion-MNIST ingest below leaves a core idle for it.
             furniture = stack.enter_context(
                 BackgroundStep(
                     "furniture catalog ingest + style build + registration",
@@ -123,6 +121,11 @@ def run_pipeline(
                 )
             )
         beside = " (step 4, the furniture half, runs beside it)" if furniture else ""
+        fashion_table = lake.path(settings.lake.fashion_table)
+        log.info("[1/4] ingesting Fashion-MNIST into %s%s", fashion_table, beside)
+        ingested = ingest_fashion_mnist(lake, settings.fashion_mnist, settings.lake.fashion_table)
+        table = lake.pin(settings.lake.fashion_table, ingested.version)
+        lap("ingest_fashion_mnist_s")
         log.info("[2/4] training on %s v%s%s", table.name, table.version, beside)
         training = train(settings, lake, table)
         lap("train_s")
@@ -132,7 +135,7 @@ def run_pipeline(
         lap.restart()
         style_model_uri = style_promotion = None
         if furniture is not None:
-            log.info("[4/4] waiting for the furniture half, run beside training")
+            log.info("[4/4] waiting for the furniture half, run beside ingest and training")
             style_model_uri, style_promotion, furniture_s = furniture.result()
             lap("style_wait_s")
             timings.update(furniture_s)  # seconds spent beside the steps above
