@@ -90,3 +90,16 @@ def test_record_stamps_the_machine_and_updates_file_and_table(tmp_path: Path) ->
     assert stored["tiny"]["machine"]["cpu_flags"] == [f for f in SPEED_FLAGS if f in flags]
     block = _block(readme.read_text())
     assert "**older**" in block and "**tiny**" in block and "| value | 0.5000 |" in block
+
+
+def test_record_keeps_the_benchmarks_order_of_figures(tmp_path: Path) -> None:
+    readme, results_file = _readme_copy(tmp_path), tmp_path / "results.json"
+    summary = {"total_minutes": 10.0, "ingest_s": 7.0, "train_s": 500.0, "evaluate_s": 40.0}
+    record("steps", {"summary": summary}, results_file=results_file, readme=readme)
+    record("another", {"summary": {"value": 1.0}}, results_file=results_file, readme=readme)
+    stored = load(results_file)
+    assert list(stored) == ["another", "steps"]  # sections by name
+    assert list(stored["steps"]["summary"]) == list(summary)  # figures as the bench wrote them
+    block = _block(readme.read_text())
+    rows = [block.index(f"| {name} |") for name in summary]
+    assert rows == sorted(rows)
