@@ -76,4 +76,4 @@ def test_deep_top_k_keeps_each_rows_largest_scores_in_order() -> None:
     assert np.array_equal(top_k(scores, 3), np.argsort(-scores, axis=1, kind="stable")[:, :3])
     # Rows ranked in parallel blocks give the very same indices, ties and all, in row order.
     assert np.array_equal(top_k(scores, k, threads=2), found)
-    assert np.array_equal(top_k(scores, k, threads=4), found)
+    assert np.array_equal(top_k(scores, k, threads=3), found)  # 3 blocks of the 6 rows
