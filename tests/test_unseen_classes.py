@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import simrec.model.train as training
-from bench.quality import split_report
+from bench.quality import split_report, with_full_model_steps
 from simrec.model.train import train
 
 HOLDOUT = [0, 5, 8]
@@ -68,3 +68,31 @@ def test_split_report_keeps_seen_and_unseen_apart() -> None:
     # Noise queries find themselves (the query is its reference plus jitter) but never their
     # class's other items: MAP@R near chance, far from the seen figures.
     assert report["unseen"]["map_at_r"] < 0.3
+
+
+def test_held_out_run_trains_as_many_steps_as_the_full_model(
+    fashion_lake, tmp_path, make_settings
+) -> None:
+    """The held-out model gets the full model's optimizer steps (not epochs over its fewer
+    rows, which would train it ~30 % less), and a caller's explicit steps are kept."""
+    _, lake, table = fashion_lake
+    options = {
+        "lake.root": str(lake.root),
+        "train.validation_fraction": 0.0,
+        "train.steps_per_epoch": None,
+    }
+    full = make_settings(tmp_path / "full", **options)
+    held_out = make_settings(tmp_path / "held", **options, **{"train.holdout_classes": HOLDOUT})
+    full_steps = training.steps_per_epoch(full, len(training.training_rows(lake, table, full)))
+    held_out_steps = training.steps_per_epoch(
+        held_out, len(training.training_rows(lake, table, held_out))
+    )
+    assert held_out_steps < full_steps  # what the protocol corrects
+    matched = with_full_model_steps(held_out, lake, table)
+    assert matched.train.steps_per_epoch == full_steps
+    assert matched.train.holdout_classes == HOLDOUT
+    explicit = make_settings(
+        tmp_path / "explicit",
+        **{**options, "train.holdout_classes": HOLDOUT, "train.steps_per_epoch": 3},
+    )
+    assert with_full_model_steps(explicit, lake, table).train.steps_per_epoch == 3
