@@ -30,6 +30,7 @@ from simrec.index.faiss_index import build_index
 from simrec.model.train import train
 from simrec.serving.batching import MicroBatcher, QueueFullError, RequestTimeoutError
 from simrec.serving.package import PackageResult, package_run
+from simrec.serving.resources import available_cpus, threads_per_call
 from simrec.serving.server import create_app
 
 MAX_BODY_BYTES = 1 << 20
@@ -470,6 +471,37 @@ def test_health_is_readiness_and_flips_to_503_when_the_model_cannot_answer(fashi
         assert live.check() and httpx.get(f"{url}/health").status_code == 200
 
 
+@pytest.mark.parametrize("setting", [0, 3])
+def test_the_server_searches_each_micro_batch_on_the_cpus_its_worker_has(fashion, setting) -> None:
+    """One batch worker (the default) runs one model call at a time, so its faiss search
+    may use every CPU (`serving.batch_search_threads`, 0 = CPUs per worker) instead of the
+    bundle's own one thread, which is sized for servers that run requests side by side."""
+    import faiss
+
+    serving = serving_settings(fashion, batch_workers=1, batch_search_threads=setting)
+    searcher = fashion.model.unwrap_python_model()
+    bundled = searcher.config.search_threads  # earlier servers of this model changed it
+    assert fashion.model.model_config["search_threads"] == 1  # as packaged
+    index, seen = searcher.index, []
+    search_keys = index.search_keys
+
+    def recording(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return search_keys(*args, **kwargs)
+
+    index.search_keys = recording
+    token = secrets.token_urlsafe(24)
+    body = records([{"item_id": fashion.items["id"].iloc[0], "k": 3}])
+    try:
+        with running(create_app(fashion.model, token, MAX_BODY_BYTES, serving)) as url:
+            seen.clear()  # the start-up self-check
+            assert invoke(url, token, body).status_code == 200
+    finally:
+        del index.search_keys
+        searcher.config.search_threads = bundled
+    assert seen and set(seen) == {setting or available_cpus()}
+
+
 def test_alias_move_is_followed_without_a_failed_request(fashion) -> None:
     """Serve models:/NAME@champion; register a second version and move the alias while
     requests keep coming: every request succeeds, and answers switch to version 2."""
@@ -496,7 +528,9 @@ def test_alias_move_is_followed_without_a_failed_request(fashion) -> None:
             if versions[-1] == str(new.version):
                 break
         after = httpx.get(f"{url}/version").json()
+        switched = app.serving_app.live.current.python_model.config.search_threads
     assert set(statuses) == {200}, statuses
+    assert switched == threads_per_call(0, serving.batch_workers or available_cpus())
     assert versions[0] == str(result.version) and versions[-1] == str(new.version)
     assert after["version"] == str(new.version)
     client.set_registered_model_alias(result.registered_name, "champion", result.version)

@@ -1,7 +1,8 @@
 """Server-side micro-batching: concurrent requests coalesced into one model call.
 
-Requests are queued, then validated one by one on the worker thread (`prepare`, so a bad
-image fails only its own request); the worker takes the queue's head, waits up to
+Requests are queued, then validated one by one on the worker thread as it takes them
+(`prepare`, so a bad image fails only its own request, and is decoded while the next
+requests are still arriving); the worker takes the queue's head, waits up to
 `max_wait_s` for more requests while the batch holds fewer than `max_rows` rows (requests
 that arrive while the model is busy queue up meanwhile), and answers them all with one `answer` call
 (one embedding batch, one search per filter). Should that call fail, each request of the
@@ -11,7 +12,8 @@ With `adaptive_wait` the worker waits only while its batch holds fewer requests 
 share of those in flight at once of late: eight clients, each sending its next request as
 soon as its answer comes, are waited for (one model call instead of three); a lone client
 never waits. One worker collects at a time; the answers of a batch go back to the event
-loop in one hand-over.
+loop in one hand-over. The server's default is one worker whose model calls use every CPU
+(`serving.batch_workers`, `simrec.serving.resources.threads_per_call`).
 
 The queue is bounded: `submit` raises `QueueFullError` at once when it holds `max_requests`
 (the server answers 503 with Retry-After). A request whose deadline passed, or whose caller
@@ -251,10 +253,13 @@ class MicroBatcher:
             return self._collect_one()
 
     def _collect_one(self) -> list[_Entry]:
+        # Each request is validated as it is taken, while the next ones are still arriving,
+        # not after the batch closes: with clients in step, their decoding then leaves the
+        # path each answer waits on.
         first = None
         while first is None and not self._stopped.is_set():
             first = self._next(timeout=None)
-            if first is not None and not self._live(first):
+            if first is not None and not (self._live(first) and self._prepared(first)):
                 first = None
         if first is None:
             return []
@@ -267,7 +272,7 @@ class MicroBatcher:
             entry = self._next(timeout=max(wait, 0.0))
             if entry is None:
                 break
-            if not self._live(entry):
+            if not self._live(entry) or not self._prepared(entry):
                 continue
             if rows + entry.rows > self.max_rows:
                 self._local.held = entry

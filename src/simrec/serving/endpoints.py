@@ -264,10 +264,13 @@ def build_serving_app(
 ) -> ServingApp:
     """The endpoints for `model` (already loaded) or `model_uri` (loaded here; followed when
     it names a registry alias), with their batcher, metrics and readiness checker running."""
-    from simrec.serving.resources import available_cpus
+    from simrec.serving.resources import available_cpus, batch_workers, threads_per_call
 
     metrics = ServingMetrics()
     loaded = load_model(model_uri) if model is None else wrap_model(model, model_uri or "")
+    workers = batch_workers(serving.batch_workers)
+    search_threads = threads_per_call(serving.batch_search_threads, workers)
+    loaded.use_search_threads(search_threads)
 
     def switched(current: LoadedModel) -> None:
         metrics.reloads.inc()
@@ -279,6 +282,7 @@ def build_serving_app(
         reload_seconds=serving.reload_seconds,
         on_switch=switched,
         on_health=lambda ready: metrics.ready.set(1 if ready else 0),
+        prepare=lambda candidate: candidate.use_search_threads(search_threads),
     )
     _publish(metrics, loaded)
     batcher = MicroBatcher(
@@ -286,7 +290,7 @@ def build_serving_app(
         serving.batch_max_wait_ms / 1000,
         serving.queue_max_requests,
         on_batch=metrics.record_batch,
-        workers=serving.batch_workers or available_cpus(),
+        workers=workers,
         adaptive_wait=serving.batch_wait_adaptive,
     )
     live.start()

@@ -91,6 +91,16 @@ class LoadedModel:
         keys = ("default_k", "max_k", "max_batch_size", "max_image_pixels")
         return {key: getattr(config, key) for key in keys if hasattr(config, key)}
 
+    def use_search_threads(self, threads: int) -> None:
+        """Search with `threads` faiss threads in this process: a simrec server runs one
+        micro-batch call per worker, so each call may use the CPUs the workers share, where
+        the bundle's own `search_threads` (what `mlflow models serve` and in-process
+        `predict` use, with requests side by side) is sized for parallel requests.
+        Models without that setting are left as they are."""
+        config = getattr(self.python_model, "config", None)
+        if config is not None and hasattr(config, "search_threads"):
+            config.search_threads = threads
+
     def describe(self) -> dict[str, Any]:
         """What /version reports."""
         return {
@@ -187,8 +197,10 @@ class LiveModel:
         reload_seconds: float = 0.0,
         on_switch: Any = None,
         on_health: Any = None,
+        prepare: Any = None,
     ):
         self.current = model  # one reference: reading it is atomic
+        self._prepare = prepare  # applied to each version loaded beside, before it serves
         self.health_interval_s = health_interval_s
         self.reload_seconds = reload_seconds
         self._on_switch = on_switch
@@ -267,6 +279,8 @@ class LiveModel:
             current.version,
         )
         candidate = load_model(current.source_uri)
+        if self._prepare is not None:
+            self._prepare(candidate)
         candidate.self_check()  # never switch to a version that cannot answer
         self.current = candidate
         self._last_ok = time.monotonic()

@@ -39,6 +39,17 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     return max(1, cpus)
 
 
+def batch_workers(setting: int) -> int:
+    """Micro-batch worker threads: `serving.batch_workers`, 0 = one per CPU."""
+    return setting or available_cpus()
+
+
+def threads_per_call(setting: int, workers: int) -> int:
+    """Threads each model call may use: `setting`, 0 = the CPUs shared by the `workers`
+    that run calls side by side (one worker: every CPU)."""
+    return setting or max(1, available_cpus() // max(1, workers))
+
+
 def size_tensorflow_threads(cpus: int) -> None:
     """TensorFlow's op thread pools sized to `cpus` (must run before TF executes any op)."""
     import tensorflow as tf

@@ -465,14 +465,15 @@ def serve(
     `shutdown_seconds` (None: wait for in-flight work, uvicorn's default)."""
     import uvicorn
 
-    from simrec.serving.resources import available_cpus, size_tensorflow_threads
+    from simrec.serving.resources import batch_workers, size_tensorflow_threads, threads_per_call
 
     if serving is None:
         from simrec.config import load_settings
 
         serving = load_settings().serving
     # Before the model loads TensorFlow.
-    size_tensorflow_threads(serving.tensorflow_threads or available_cpus())
+    workers = batch_workers(serving.batch_workers)
+    size_tensorflow_threads(threads_per_call(serving.tensorflow_threads, workers))
     app = create_app(
         None,
         token,
