@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "catalog_updates": "bench.reindex",
     "distributed": "bench.distributed",
     "index": "bench.index",
+    "batch_search": "bench.batch_search",
     "robustness": "bench.robustness",
     "pipeline": "bench.pipeline",
 }

@@ -374,6 +374,9 @@ def main(overrides: list[str]) -> dict[str, object]:
                     "batch_workers",
                     "queue_max_requests",
                     "tensorflow_threads",
+                    "batch_search_threads",
+                    "search_threads",
+                    "search_blas_min_queries",
                 )
             },
             "machine_load": f"1-minute load average before the run: {load_before:.1f}",

@@ -105,3 +105,57 @@ def test_auto_kind_is_exact_up_to_the_threshold_and_approximate_above(tmp_path: 
         loaded.add(_ids(5, start=rows), more)
         assert loaded.search(more, 1)[0][:, 0].tolist() == _ids(5, start=rows)
     assert kinds == {300: ("flat", faiss.IndexFlatIP), 301: ("hnsw", faiss.IndexHNSWFlat)}
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_row_sliced_search_finds_what_one_faiss_search_finds(metric: str, threads: int) -> None:
+    """A few queries on several threads split the rows (`simrec.index.row_slices`): the
+    same keys and distances as faiss's own search, after removals moved the stored rows,
+    and padded when a slice holds fewer than k items."""
+    vectors = _unit_vectors(3000, dim=32)
+    index = build_index(_ids(3000), vectors, IndexSettings(kind="flat", metric=metric))
+    queries = _unit_vectors(8, dim=32, seed=4)
+    assert index.search_keys(queries, 7, threads=threads)[0].shape == (8, 7)  # a cached view
+    index.remove(_ids(40, start=100))  # faiss compacts its rows: the view must follow
+    expected_keys, expected_distances = index.search_keys(queries, 7, threads=1)
+    keys, distances = index.search_keys(queries, 7, threads=threads)
+    assert np.array_equal(keys, expected_keys)
+    assert np.allclose(distances, expected_distances, atol=1e-6)
+    assert not set(keys.ravel()) & {index.key_of(i) for i in _ids(40, start=100)} - {None}
+
+    small = build_index(_ids(5), vectors[:5], IndexSettings(kind="flat", metric=metric))
+    padded_keys, padded_distances = small.search_keys(queries[:2], 4, threads=threads)
+    assert np.array_equal(padded_keys, small.search_keys(queries[:2], 4, threads=1)[0])
+    assert (padded_keys >= 0).all() and np.isfinite(padded_distances).all()
+    keys, distances = small.search_keys(queries[:2], 8, threads=threads)
+    assert (keys[:, 5:] == -1).all() and np.isinf(distances[:, 5:]).all()
+    assert sorted(keys[0, :5]) == [0, 1, 2, 3, 4]
+
+
+def test_a_few_queries_on_several_threads_search_slices_side_by_side(monkeypatch) -> None:
+    """The split only pays if the slices run on different threads at once."""
+    import threading
+
+    import faiss
+
+    index = build_index(_ids(2000), _unit_vectors(2000), IndexSettings(kind="flat"))
+    queries = _unit_vectors(4, seed=2)
+    knn, workers, barrier = faiss.knn, set(), threading.Barrier(2, timeout=10)
+
+    def recording(*args, **kwargs):
+        workers.add(threading.get_ident())
+        barrier.wait()  # both slices inside faiss at the same time, or this times out
+        return knn(*args, **kwargs)
+
+    monkeypatch.setattr(faiss, "knn", recording)
+    keys, _ = index.search_keys(queries, 5, threads=2)
+    assert len(workers) == 2 and threading.get_ident() not in workers
+    monkeypatch.setattr(
+        faiss, "knn", lambda *args, **kwargs: workers.add(0) or knn(*args, **kwargs)
+    )
+    assert np.array_equal(keys, index.search_keys(queries, 5, threads=1)[0])
+    workers.clear()
+    index.search_keys(_unit_vectors(200, seed=3), 5, threads=2)  # faiss's own threads suffice
+    index.search_keys(queries, 5, among=np.arange(100), threads=2)  # filters stay in faiss
+    assert not workers

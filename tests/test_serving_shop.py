@@ -473,11 +473,9 @@ def test_health_is_readiness_and_flips_to_503_when_the_model_cannot_answer(fashi
 
 @pytest.mark.parametrize("setting", [0, 3])
 def test_the_server_searches_each_micro_batch_on_the_cpus_its_worker_has(fashion, setting) -> None:
-    """One batch worker (the default) runs one model call at a time, so its faiss search
-    may use every CPU (`serving.batch_search_threads`, 0 = CPUs per worker) instead of the
-    bundle's own one thread, which is sized for servers that run requests side by side."""
-    import faiss
-
+    """One batch worker (the default) runs one model call at a time, so its search may use
+    every CPU (`serving.batch_search_threads`, 0 = CPUs per worker) instead of the bundle's
+    own one thread, which is sized for servers that run requests side by side."""
     serving = serving_settings(fashion, batch_workers=1, batch_search_threads=setting)
     searcher = fashion.model.unwrap_python_model()
     bundled = searcher.config.search_threads  # earlier servers of this model changed it
@@ -486,7 +484,7 @@ def test_the_server_searches_each_micro_batch_on_the_cpus_its_worker_has(fashion
     search_keys = index.search_keys
 
     def recording(*args, **kwargs):
-        seen.append(faiss.omp_get_max_threads())
+        seen.append(kwargs["threads"])
         return search_keys(*args, **kwargs)
 
     index.search_keys = recording

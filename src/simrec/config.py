@@ -305,7 +305,7 @@ class ServingSettings(_Section):
     batch_wait_adaptive: bool
     batch_workers: int = Field(ge=0)  # 0: one per CPU
     tensorflow_threads: int = Field(ge=0)  # 0: CPUs per batch worker
-    batch_search_threads: int = Field(ge=0)  # faiss threads per model call; 0: CPUs per worker
+    batch_search_threads: int = Field(ge=0)  # search threads per model call; 0: CPUs per worker
     queue_max_requests: int = Field(gt=0)
     request_timeout_s: float = Field(gt=0)
     retry_after_s: int = Field(ge=0)

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from simrec.config import IndexSettings
+from simrec.index.row_slices import RowSlices, split_by_rows
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
@@ -58,6 +59,7 @@ class EmbeddingIndex:
         self.item_ids: list[str] = []
         self._key_of: dict[str, int] = {}
         self._index: faiss.IndexIDMap2 | None = None
+        self._row_slices: RowSlices | None = None  # a view of a flat index's vectors
         self.build_params: dict = {}
 
     # -- building -------------------------------------------------------------------------
@@ -75,6 +77,7 @@ class EmbeddingIndex:
             raise ValueError(f"ids already in the index or repeated: {clashes[:5]}")
         if not item_ids:
             return
+        self._row_slices = None
         if self._index is None:
             # `auto` becomes a kind once, by the size of the first build; saved as that kind.
             kind = self.settings.kind_for(len(embeddings))
@@ -96,6 +99,7 @@ class EmbeddingIndex:
         ]
         if not keys or self._index is None:
             return 0
+        self._row_slices = None
         selector = np.asarray(keys, dtype=np.int64)
         if self.settings.kind == "hnsw":
             # HNSW graphs cannot delete: rebuild from the remaining stored vectors.
@@ -174,11 +178,19 @@ class EmbeddingIndex:
         return self._lookup()[np.where(keys < 0, len(self.item_ids), keys)]
 
     def search_keys(
-        self, embeddings: np.ndarray, k: int, among: np.ndarray | None = None
+        self,
+        embeddings: np.ndarray,
+        k: int,
+        among: np.ndarray | None = None,
+        threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """What `search` finds, as faiss keys (int64, -1 where fewer than k items) and
         distances: deep searches (evaluation's MAP@R reads R results a query) map keys to
-        labels by array lookups instead of building millions of id strings."""
+        labels by array lookups instead of building millions of id strings.
+
+        `threads`: how many threads the search may use (None: faiss's current setting). An
+        unfiltered exact search of a few queries splits the rows between them
+        (`simrec.index.row_slices`); any other search gets that many faiss threads."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"expected queries of shape (n, {self.dim}), got {embeddings.shape}")
@@ -186,16 +198,37 @@ class EmbeddingIndex:
             raise ValueError(f"k must be positive, got {k}")
         if len(self) == 0:
             raise ValueError("the index is empty")
-        if among is None:
-            scores, keys = self._index.search(embeddings, k)
+        if (
+            threads is not None
+            and among is None
+            and self.settings.kind == "flat"
+            and split_by_rows(len(embeddings), len(self), threads)
+        ):
+            if self._row_slices is None:
+                self._row_slices = RowSlices(self._index)
+            scores, keys = self._row_slices.search(embeddings, k, threads)
         else:
-            scores, keys = self._index.search(embeddings, k, params=self._search_parameters(among))
+            scores, keys = self._faiss_search(embeddings, k, among, threads)
         if self.settings.metric == "ip":
             distances = 1.0 - scores
         else:
             distances = np.sqrt(np.maximum(scores, 0.0))
         distances = np.where(keys < 0, np.inf, distances).astype(np.float32)
         return keys, distances
+
+    def _faiss_search(
+        self, embeddings: np.ndarray, k: int, among: np.ndarray | None, threads: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's own search on `threads` OpenMP threads; the setting is per calling
+        thread, so it is restored."""
+        params = None if among is None else self._search_parameters(among)
+        previous = faiss.omp_get_max_threads()
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+        try:
+            return self._index.search(embeddings, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(previous)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

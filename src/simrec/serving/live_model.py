@@ -92,7 +92,7 @@ class LoadedModel:
         return {key: getattr(config, key) for key in keys if hasattr(config, key)}
 
     def use_search_threads(self, threads: int) -> None:
-        """Search with `threads` faiss threads in this process: a simrec server runs one
+        """Search on `threads` threads in this process: a simrec server runs one
         micro-batch call per worker, so each call may use the CPUs the workers share, where
         the bundle's own `search_threads` (what `mlflow models serve` and in-process
         `predict` use, with requests side by side) is sized for parallel requests.

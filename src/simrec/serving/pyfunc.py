@@ -367,17 +367,10 @@ class EmbeddingSearchModel(ImageSearchModel):
         threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`search_embeddings` as faiss keys (`EmbeddingIndex.search_keys`), on `threads`
-        faiss threads (None: `search_threads` of the bundle config)."""
-        import faiss
-
-        # faiss's OpenMP threads only add contention when the server already answers
-        # requests in parallel; the setting is per calling thread, so restore it.
-        previous = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.config.search_threads if threads is None else threads)
-        try:
-            return self.index.search_keys(embeddings, k, among)
-        finally:
-            faiss.omp_set_num_threads(previous)
+        threads (None: `search_threads` of the bundle config: more threads only add
+        contention when the server already answers requests in parallel)."""
+        threads = self.config.search_threads if threads is None else threads
+        return self.index.search_keys(embeddings, k, among, threads=threads)
 
 
 def use_blas_from(queries: int, dim: int) -> None:
