@@ -4,6 +4,11 @@ guard, micro-batching), beside in-process `predict` on the same inputs and plain
 1, 8 and 32; then a 60-second run at concurrency 8 with the error count and the server's
 memory before and after.
 
+Both servers run at once and the three are measured in turns, `ROUNDS` times: on a shared
+machine whose speed drifts by tens of percent within minutes, a ratio of two measurements
+taken minutes apart measures the drift. Each figure is the median over the rounds; each goal
+ratio is the median of the ratios within a round.
+
 Goals (issue 14): at concurrency 8, ≥ 4× the requests/s of `mlflow models serve` with a p99
 no worse; at concurrency 1, a p50 ≤ 1.5× in-process `predict`.
 
@@ -57,6 +62,7 @@ QUICK_TRAINING = {
 }
 QUERY_IMAGES = 200  # distinct test-split images, cycled through
 REQUESTS = {1: 300, 8: 800, 32: 1600}  # per measurement, by concurrency
+ROUNDS = 3  # turns of the three ways, interleaved
 WARMUP_REQUESTS = 20
 SOAK_SECONDS = 60
 SOAK_CONCURRENCY = 8
@@ -159,9 +165,40 @@ class HttpCaller:
         return response.status == 200
 
 
-def _measure(call: Callable[[int], bool], pid: int | None = None) -> dict[str, dict[str, float]]:
-    _load(call, WARMUP_REQUESTS, 1)
-    return {f"c{c}": _load(call, count, c, pid) for c, count in REQUESTS.items()}
+def _interleaved(ways: dict[str, tuple[Callable[[int], bool], int | None]]) -> dict[str, dict]:
+    """Each way (a caller and its server's pid, None in-process) at every concurrency, in
+    turns: round after round, each concurrency measured for every way before the next. Per
+    way and concurrency: every round's figures and their medians; per round, the ratios."""
+    for call, _ in ways.values():
+        _load(call, WARMUP_REQUESTS, 1)
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = {
+        name: {f"c{c}": [] for c in REQUESTS} for name in ways
+    }
+    for _ in range(ROUNDS):
+        for concurrency, count in REQUESTS.items():
+            for name, (call, pid) in ways.items():
+                rounds[name][f"c{concurrency}"].append(_load(call, count, concurrency, pid))
+    return {
+        name: {
+            level: {**_medians(measured), "rounds": measured}
+            for level, measured in by_level.items()
+        }
+        for name, by_level in rounds.items()
+    }
+
+
+def _medians(measured: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        key: round(float(np.median([each[key] for each in measured])), 2) for key in measured[0]
+    }
+
+
+def _median_ratio(
+    first: dict[str, dict], second: dict[str, dict], level: str, metric: str
+) -> float:
+    """Median over the rounds of first/second, each round's two figures measured together."""
+    pairs = zip(first[level]["rounds"], second[level]["rounds"], strict=True)
+    return round(float(np.median([one[metric] / other[metric] for one, other in pairs])), 2)
 
 
 def _rss_mb(pid: int) -> float:
@@ -279,7 +316,9 @@ def main(overrides: list[str]) -> dict[str, object]:
     ]
 
     model = mlflow.pyfunc.load_model(model_uri)
-    in_process = _measure(lambda i: len(model.predict(frames[i % len(frames)])) > 0)
+
+    def in_process(position: int) -> bool:
+        return len(model.predict(frames[position % len(frames)])) > 0
 
     bin_dir = str(Path(sys.executable).parent)
     src_dir = str(Path(__file__).resolve().parents[1] / "src")
@@ -296,46 +335,58 @@ def main(overrides: list[str]) -> dict[str, object]:
         f"--set=mlflow.tracking_uri={settings.mlflow.tracking_uri}",
         f"--set=mlflow.artifact_root={settings.mlflow.artifact_root}",
     ]
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    simrec_port, mlflow_port = _free_port(), _free_port()
+    simrec_url, mlflow_url = f"http://127.0.0.1:{simrec_port}", f"http://127.0.0.1:{mlflow_port}"
     simrec_serve = [sys.executable, "-m", "simrec.cli", "serve", "--model-uri", model_uri]
     # The same overrides reach the server (serving.* settings such as the batching).
     store += [f"--set={override}" for override in overrides]
-    with _server(
-        [*simrec_serve, "--port", str(port), *store], env, url, WORKSPACE / "simrec-serve.log"
-    ) as pid:
-        call = HttpCaller(url, bodies, token)
-        guarded = _measure(call, pid)
-        unauthorized = HttpCaller(url, bodies[:1], "wrong-token")(0)
-        soak = _soak(call, pid)
-        batching = _batching(httpx.get(f"{url}/metrics", timeout=10).text)
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     mlflow_serve = [
         str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(mlflow_port),
     ]  # fmt: skip
-    with _server(mlflow_serve, env, url, WORKSPACE / "mlflow-serve.log") as mlflow_pid:
-        plain = _measure(HttpCaller(url, bodies, None), mlflow_pid)
+    with (
+        _server(
+            [*simrec_serve, "--port", str(simrec_port), *store],
+            env,
+            simrec_url,
+            WORKSPACE / "simrec-serve.log",
+        ) as pid,
+        _server(mlflow_serve, env, mlflow_url, WORKSPACE / "mlflow-serve.log") as mlflow_pid,
+    ):
+        call = HttpCaller(simrec_url, bodies, token)
+        measured = _interleaved(
+            {
+                "simrec_serve": (call, pid),
+                "in_process": (in_process, None),
+                "mlflow_serve": (HttpCaller(mlflow_url, bodies, None), mlflow_pid),
+            }
+        )
+        unauthorized = HttpCaller(simrec_url, bodies[:1], "wrong-token")(0)
+        soak = _soak(call, pid)
+        batching = _batching(httpx.get(f"{simrec_url}/metrics", timeout=10).text)
+    guarded, in_process_measured, plain = (
+        measured["simrec_serve"],
+        measured["in_process"],
+        measured["mlflow_serve"],
+    )
 
     summary: dict[str, object] = {}
-    for name, measured in (
-        ("simrec_serve", guarded),
-        ("in_process", in_process),
-        ("mlflow_serve", plain),
-    ):
-        for concurrency, numbers in measured.items():
+    for name, by_level in measured.items():
+        for concurrency, numbers in by_level.items():
             for metric in ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms_per_request"):
                 if metric in numbers:
                     summary[f"{name}_{concurrency}_{metric}"] = numbers[metric]
-    c8_ratio = guarded["c8"]["throughput_rps"] / plain["c8"]["throughput_rps"]
-    c1_ratio = guarded["c1"]["p50_ms"] / in_process["c1"]["p50_ms"]
+    c8_ratio = _median_ratio(guarded, plain, "c8", "throughput_rps")
+    c1_ratio = _median_ratio(guarded, in_process_measured, "c1", "p50_ms")
     summary.update(
         {
-            "goal_c8_rps_vs_mlflow": round(c8_ratio, 2),
+            "goal_c8_rps_vs_mlflow": c8_ratio,
             "goal_c8_p99_no_worse_than_mlflow": guarded["c8"]["p99_ms"] <= plain["c8"]["p99_ms"],
-            "goal_c1_p50_vs_in_process": round(c1_ratio, 2),
+            "goal_c1_p50_vs_in_process": c1_ratio,
+            "c8_rps_vs_mlflow_each_round": [
+                round(one["throughput_rps"] / other["throughput_rps"], 2)
+                for one, other in zip(guarded["c8"]["rounds"], plain["c8"]["rounds"], strict=True)
+            ],
             "goals_met": bool(
                 c8_ratio >= 4
                 and guarded["c8"]["p99_ms"] <= plain["c8"]["p99_ms"]
@@ -352,7 +403,7 @@ def main(overrides: list[str]) -> dict[str, object]:
     result = {
         "summary": summary,
         "simrec_serve": guarded,
-        "in_process": in_process,
+        "in_process": in_process_measured,
         "mlflow_serve": plain,
         "soak": soak,
         "wrong_token_rejected": not unauthorized,
@@ -363,6 +414,8 @@ def main(overrides: list[str]) -> dict[str, object]:
             "model": "default architecture, trained briefly here: latency only, not quality",
             "load": "thread pool in the benchmark process, one keep-alive http.client "
             "connection per thread, bodies encoded beforehand, loopback",
+            "rounds": f"{ROUNDS} turns of the three ways at each concurrency, both servers up "
+            "throughout; figures are medians over the rounds",
             "servers": "one uvicorn worker each, access log on (the defaults); TensorFlow op "
             "threads: simrec's serving.tensorflow_threads, mlflow's TensorFlow default",
             "batching": {
