@@ -159,3 +159,26 @@ def test_a_few_queries_on_several_threads_search_slices_side_by_side(monkeypatch
     index.search_keys(_unit_vectors(200, seed=3), 5, threads=2)  # faiss's own threads suffice
     index.search_keys(queries, 5, among=np.arange(100), threads=2)  # filters stay in faiss
     assert not workers
+
+
+def test_row_sliced_search_works_in_a_forked_child() -> None:
+    """A child forked after a sliced search has no slice threads; it must start its own
+    rather than queue work for threads that do not exist (and hang)."""
+    import multiprocessing
+
+    index = build_index(_ids(2000), _unit_vectors(2000), IndexSettings(kind="flat"))
+    queries = _unit_vectors(4, seed=2)
+    expected = index.search_keys(queries, 5, threads=2)[0]
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(  # forked: the target is not pickled
+        target=lambda: answers.put(index.search_keys(queries, 5, threads=2)[0])
+    )
+    child.start()
+    try:
+        found = answers.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert np.array_equal(found, expected)

@@ -12,6 +12,7 @@ README's results).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -37,6 +38,10 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         initializer=faiss.omp_set_num_threads,
         initargs=(1,),
     )
+
+
+# A forked child has none of its parent's threads: it starts pools of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 class RowSlices:
