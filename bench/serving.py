@@ -62,7 +62,7 @@ QUICK_TRAINING = {
 }
 QUERY_IMAGES = 200  # distinct test-split images, cycled through
 REQUESTS = {1: 300, 8: 800, 32: 1600}  # per measurement, by concurrency
-ROUNDS = 3  # turns of the three ways, interleaved
+ROUNDS = 5  # turns of the three ways, interleaved
 WARMUP_REQUESTS = 20
 SOAK_SECONDS = 60
 SOAK_CONCURRENCY = 8
