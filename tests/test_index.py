@@ -182,3 +182,18 @@ def test_row_sliced_search_works_in_a_forked_child() -> None:
         if child.is_alive():
             child.kill()
     assert np.array_equal(found, expected)
+
+
+def test_row_sliced_search_still_answers_once_its_threads_are_gone() -> None:
+    """At interpreter exit no thread can start (a server's last health self-query): the
+    slices are searched in the calling thread instead of failing the query."""
+    from simrec.index import row_slices
+
+    index = build_index(_ids(2000), _unit_vectors(2000), IndexSettings(kind="flat"))
+    queries = _unit_vectors(4, seed=2)
+    expected = index.search_keys(queries, 5, threads=1)[0]
+    row_slices._pool(2).shutdown()
+    try:
+        assert np.array_equal(index.search_keys(queries, 5, threads=2)[0], expected)
+    finally:
+        row_slices._pool.cache_clear()

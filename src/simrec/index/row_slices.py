@@ -70,7 +70,13 @@ class RowSlices:
             )
             return scores, np.where(positions < 0, -1, positions + start)
 
-        found = list(_pool(threads).map(search_slice, bounds[:-1], bounds[1:]))
+        pool, ranges = _pool(threads), list(zip(bounds[:-1], bounds[1:], strict=True))
+        try:
+            futures = [pool.submit(search_slice, start, stop) for start, stop in ranges]
+        except RuntimeError:  # the interpreter is exiting (a server's last health check)
+            found = [search_slice(start, stop) for start, stop in ranges]
+        else:
+            found = [future.result() for future in futures]
         scores = np.hstack([slice_scores for slice_scores, _ in found])
         positions = np.hstack([slice_positions for _, slice_positions in found])
         inner_product = self._metric == faiss.METRIC_INNER_PRODUCT
